@@ -1,0 +1,44 @@
+# Entry points for the local stack and the test suite.
+#
+# The stack (Kafka in KRaft mode on 127.0.0.1:9092, FerretDB on
+# 127.0.0.1:27017) is installed and run by stack/stack.sh under .stack/.
+# FIELDFORCE_STORE_BACKEND=sqlite|postgresql picks FerretDB's backend.
+
+CARGO ?= cargo
+# Extend or override this to change what `make test` runs after the stack is up.
+CARGO_TEST ?= $(CARGO) test --workspace --all-targets
+
+STACK := stack/stack.sh
+
+.PHONY: up down status logs clean-stack test demo
+
+## up: install what is missing, start Kafka and FerretDB, wait until both answer
+up:
+	@$(STACK) up
+
+## down: stop every stack process started from this checkout
+down:
+	@$(STACK) down
+
+## status: show which stack processes run
+status:
+	@$(STACK) status
+
+## logs: print where the stack writes its logs
+logs:
+	@$(STACK) logs
+
+## clean-stack: stop the stack and remove its data and logs, keeping downloads
+clean-stack:
+	@$(STACK) clean
+
+## test: start the stack, then run the Rust tests against it
+test: up
+	$(CARGO_TEST)
+
+## demo: start the stack and show what runs
+demo: up
+	@echo
+	@echo "demo: the local stack is up:"
+	@$(STACK) status
+	@echo "demo: try stack/bin/kafka-topics --bootstrap-server 127.0.0.1:9092 --list"

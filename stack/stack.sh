@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Installs, starts and stops the local stack: one KRaft Kafka node and FerretDB
+# on SQLite or PostgreSQL, all under .stack/ in this checkout.
+#
+# Usage: stack/stack.sh up|down|status|logs|clean
+# FIELDFORCE_STORE_BACKEND=sqlite|postgresql picks FerretDB's backend; the
+# default is DEFAULT_STORE_BACKEND in stack/lib/common.sh.
+set -euo pipefail
+
+lib_dir=$(dirname "${BASH_SOURCE[0]}")/lib
+# shellcheck source=lib/common.sh
+source "$lib_dir/common.sh"
+# shellcheck source=lib/kafka.sh
+source "$lib_dir/kafka.sh"
+# shellcheck source=lib/postgres.sh
+source "$lib_dir/postgres.sh"
+# shellcheck source=lib/ferretdb.sh
+source "$lib_dir/ferretdb.sh"
+
+print_logs() {
+    say "logs are in $STACK_LOG_DIR:"
+    say "  Kafka broker:    $KAFKA_SERVER_LOG (also kafka-controller.log, kafka-state-change.log)"
+    say "  Kafka stdout:    $KAFKA_STDOUT_LOG"
+    say "  FerretDB:        $FERRETDB_LOG"
+    say "  PostgreSQL:      $POSTGRES_LOG"
+}
+
+stack_up() {
+    ensure_dirs
+    kafka_up
+    ferretdb_up
+    print_logs
+}
+
+stack_down() {
+    # Stop FerretDB before PostgreSQL, so that it does not lose its backend
+    # while it still serves requests.
+    ferretdb_down
+    postgres_down
+    kafka_down
+    say "stack stopped"
+}
+
+stack_status() {
+    kafka_status
+    ferretdb_status
+    postgres_status
+}
+
+# Removes data, logs, generated config and run state, but keeps the
+# downloaded jars and built binaries, so the next make up starts from empty
+# storage without fetching anything.
+stack_clean() {
+    stack_down
+    rm -rf "$STACK_DATA_DIR" "$STACK_LOG_DIR" "$STACK_RUN_DIR" "$STACK_CONFIG_DIR"
+    say "removed data, logs and config under $STACK_DIR (downloads kept)"
+}
+
+case ${1:-} in
+    up) stack_up ;;
+    down) stack_down ;;
+    status) stack_status ;;
+    logs) print_logs ;;
+    clean) stack_clean ;;
+    *) fail "usage: stack/stack.sh up|down|status|logs|clean" ;;
+esac
