@@ -1,0 +1,3 @@
+//! The ingest gateway: OpenRosa and JSON submissions to Kafka, acknowledged only once durable.
+
+#![deny(missing_docs)]

@@ -1,0 +1,17 @@
+//! The FieldForce topic catalog and the Kafka plumbing every service shares.
+//!
+//! - [`catalog`]: the topics in `kafka/topics.toml`, embedded at build time, and their names.
+//! - [`client`]: librdkafka configurations for producers and consumers, built from the shared
+//!   [`fieldforce_runtime::config::KafkaConfig`] so that SASL and TLS settings pass through.
+//! - [`admin`]: creating the catalog's topics and reporting drift from it.
+//! - [`offsets`]: which offset of a partition may be committed, given the records whose
+//!   output is durable.
+//! - [`dead_letter`]: building a dead-letter record that keeps the original bytes.
+
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod catalog;
+pub mod client;
+pub mod dead_letter;
+pub mod offsets;

@@ -1,0 +1,24 @@
+//! Contracts for every FieldForce topic.
+//!
+//! Each topic carries one record type, defined here once and shared by the gateway, the
+//! stream processors, the sink and partner systems that produce to Kafka directly:
+//!
+//! - [`submission::RawSubmission`]: the raw topic, written by the gateway and by partners.
+//! - [`submission::ProcessedSubmission`]: the validated, located and processed topics; each
+//!   processor fills in its own part and passes the rest through unchanged.
+//! - [`form::FormDefinition`] and [`project::ProjectSettings`]: compacted topics that the
+//!   processors read at run time.
+//! - [`headers`]: the Kafka header names every producer sets, including the dead-letter ones.
+//!
+//! Records travel as JSON with a `content-type` header; [`codec`] encodes and decodes them,
+//! and the Avro schema of each contract lives under `schemas/avro/`.
+//! [`odk`] parses the value formats that OpenRosa clients write (geopoints, timestamps).
+
+#![deny(missing_docs)]
+
+pub mod codec;
+pub mod form;
+pub mod headers;
+pub mod odk;
+pub mod project;
+pub mod submission;

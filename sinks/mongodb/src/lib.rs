@@ -1,0 +1,3 @@
+//! The MongoDB sink: batched bulk writes, idempotent, offsets moved only after the store acknowledges.
+
+#![deny(missing_docs)]
