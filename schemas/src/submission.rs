@@ -17,8 +17,13 @@ pub struct RawSubmission {
     /// Contract version the producer wrote, [`RAW_SUBMISSION_VERSION`] for this build.
     pub schema_version: u32,
     /// Identity of the submission and the Kafka record key: the instanceID for OpenRosa
-    /// submissions, the client's own id for JSON ones.
+    /// submissions, the client's own id for JSON ones. An edit keeps the id of the
+    /// submission it edits, so that every version lands on the same partition, in order.
     pub submission_id: String,
+    /// 0 for an original, then 1, 2, ... for each edit. A store keeps the highest revision,
+    /// so a late replay of an older version never overwrites a newer one.
+    #[serde(default)]
+    pub revision: u32,
     /// Organisation that owns the submission, always taken from the credentials used.
     pub org_id: String,
     /// Project inside the organisation.
@@ -31,7 +36,7 @@ pub struct RawSubmission {
     /// `meta/instanceID` as the client wrote it (with its `uuid:` prefix, if any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
-    /// `meta/deprecatedID`: the submission this one edits and supersedes.
+    /// `meta/deprecatedID`: the instanceID of the version this edit supersedes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deprecated_id: Option<String>,
     /// How the submission reached FieldForce.
