@@ -26,6 +26,8 @@ print_logs() {
 }
 
 stack_up() {
+    # Reject an invalid backend before spending time on Kafka.
+    store_backend >/dev/null
     ensure_dirs
     kafka_up
     ferretdb_up

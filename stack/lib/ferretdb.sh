@@ -58,6 +58,13 @@ ferretdb_up() {
     local backend pid
     backend=$(store_backend)
 
+    # Start PostgreSQL first, also when FerretDB already runs, because FerretDB fails
+    # every request, ping included, while its backend is down, and it recovers
+    # once PostgreSQL is back.
+    if [[ $backend == postgresql ]]; then
+        postgres_up
+    fi
+
     if pid=$(ferretdb_pid); then
         if [[ $(cat "$FERRETDB_BACKEND_FILE" 2>/dev/null) == "$backend" ]]; then
             ferretdb_wait_ready "$pid"
@@ -83,7 +90,6 @@ ferretdb_up() {
             backend_args=(--handler=sqlite "--sqlite-url=file:$FERRETDB_SQLITE_DIR/")
             ;;
         postgresql)
-            postgres_up
             backend_args=(--handler=postgresql "--postgresql-url=$POSTGRES_URL")
             ;;
     esac
