@@ -101,6 +101,9 @@ stop_pid() {
 # processes match, including any whose pid file was lost.
 stop_matching() {
     local name=$1 marker=$2 pid
+    # pgrep comes from procps, which minimal Debian images lack. The pid files
+    # still cover the normal case there.
+    command -v pgrep >/dev/null || return 0
     for pid in $(pgrep -f -- "$marker" || true); do
         # Skip this script's own shell, in case its arguments contain the marker.
         pid_matches "$pid" "$marker" || continue
