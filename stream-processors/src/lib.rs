@@ -1,3 +1,29 @@
-//! Stream processors: validation, GPS checks and geofencing, and quality scoring, each its own consumer group.
+//! The FieldForce stream processors: three services chained through Kafka topics, each its
+//! own binary and consumer group.
+//!
+//! - [`validate`]: `submissions.raw` to `submissions.validated`, checking answers against the
+//!   registered form version.
+//! - [`geo`]: `submissions.validated` to `submissions.located`, converting geometry answers to
+//!   GeoJSON and testing the primary point against the project's geofences ([`geofence`]).
+//! - [`quality`]: `submissions.located` to `submissions.processed`, scoring the submission and
+//!   setting its processing status.
+//!
+//! They share [`pipeline`] (consume, transform batches on rayon, produce, store offsets after
+//! delivery, dead-letter what cannot be processed), [`registry`] (forms and project settings
+//! read at run time from the compacted topics), [`admin`] (the `/healthz` and `/metrics`
+//! server) and [`metrics`] (every metric name, declared once).
 
 #![deny(missing_docs)]
+
+pub mod admin;
+pub mod error;
+pub mod fields;
+pub mod geo;
+pub mod geofence;
+pub mod metrics;
+pub mod pipeline;
+pub mod quality;
+pub mod registry;
+pub mod validate;
+
+pub use error::ProcessorError;

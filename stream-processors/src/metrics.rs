@@ -1,0 +1,117 @@
+//! Every metric of the stream processors, declared once. Names follow
+//! `fieldforce_processor_<name>_<unit>[_total]`; the only label is `stage` (`validation`,
+//! `geo`, `quality`), a fixed list.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The label set of every processor metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// Processing stage: `validation`, `geo` or `quality`.
+    pub stage: &'static str,
+}
+
+/// Handles to every metric of one processor, already labelled with its stage.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Records read from the input topic.
+    pub records_in: Counter,
+    /// Records produced to the output topic and acknowledged.
+    pub records_out: Counter,
+    /// Records produced to the dead-letter topic and acknowledged.
+    pub records_dead_lettered: Counter,
+    /// Delivery attempts that failed and were retried.
+    pub produce_retries: Counter,
+    /// Records per transformed batch.
+    pub batch_size: Histogram,
+    /// Time to transform one batch on the rayon pool, in seconds.
+    pub processing_seconds: Histogram,
+    /// Partition assignments and revocations seen.
+    pub rebalances: Counter,
+    /// Offset commits that failed.
+    pub commit_failures: Counter,
+    /// Records read and not yet acknowledged.
+    pub in_flight: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric under `registry` for one stage.
+    pub fn register(registry: &mut Registry, stage: &'static str) -> Self {
+        let label = StageLabel { stage };
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<StageLabel, Counter>::default();
+            registry.register(name, help, family.clone());
+            family.get_or_create(&label).clone()
+        };
+        let records_in = counter(
+            registry,
+            "fieldforce_processor_records_in",
+            "Records read from the input topic",
+        );
+        let records_out = counter(
+            registry,
+            "fieldforce_processor_records_out",
+            "Records produced to the output topic and acknowledged",
+        );
+        let records_dead_lettered = counter(
+            registry,
+            "fieldforce_processor_records_dead_lettered",
+            "Records produced to the dead-letter topic and acknowledged",
+        );
+        let produce_retries = counter(
+            registry,
+            "fieldforce_processor_produce_retries",
+            "Failed delivery attempts that were retried",
+        );
+        let rebalances = counter(
+            registry,
+            "fieldforce_processor_rebalances",
+            "Partition assignments and revocations",
+        );
+        let commit_failures = counter(
+            registry,
+            "fieldforce_processor_commit_failures",
+            "Offset commits that failed",
+        );
+
+        let batch_family = Family::<StageLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 2.0, 12))
+        });
+        registry.register(
+            "fieldforce_processor_batch_size_records",
+            "Records per transformed batch",
+            batch_family.clone(),
+        );
+        let latency_family = Family::<StageLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
+        });
+        registry.register(
+            "fieldforce_processor_batch_processing_seconds",
+            "Time to transform one batch",
+            latency_family.clone(),
+        );
+        let in_flight_family = Family::<StageLabel, Gauge>::default();
+        registry.register(
+            "fieldforce_processor_in_flight_records",
+            "Records read and not yet acknowledged",
+            in_flight_family.clone(),
+        );
+
+        Self {
+            records_in,
+            records_out,
+            records_dead_lettered,
+            produce_retries,
+            batch_size: batch_family.get_or_create(&label).clone(),
+            processing_seconds: latency_family.get_or_create(&label).clone(),
+            rebalances,
+            commit_failures,
+            in_flight: in_flight_family.get_or_create(&label).clone(),
+        }
+    }
+}

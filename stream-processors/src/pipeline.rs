@@ -1,0 +1,630 @@
+//! The consume, transform, produce loop every processor runs.
+//!
+//! Records are read from the input topic with a consumer group (cooperative-sticky, offsets
+//! stored by this code and committed in the background), transformed in small batches on the
+//! rayon pool so the async runtime never blocks, and produced to the output topic. A record
+//! that cannot be transformed is produced to the dead-letter topic instead. Either way the
+//! record's offset is stored only after Kafka acknowledged that delivery, and only once every
+//! earlier record of its partition is acknowledged too ([`OffsetTracker`]). A failed delivery
+//! is retried with backoff while its partition is paused; in-flight records are capped per
+//! partition and in total, so a slow broker slows intake instead of growing memory.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use fieldforce_kafka::catalog::SUBMISSIONS_DEADLETTER;
+use fieldforce_kafka::client::{consumer_config, producer_config};
+use fieldforce_kafka::dead_letter::dead_letter_record;
+use fieldforce_kafka::offsets::{OffsetTracker, Ticket, TopicPartition};
+use fieldforce_runtime::config::Config;
+use fieldforce_runtime::shutdown::Shutdown;
+use fieldforce_schemas::codec::{Contract, JSON_CONTENT_TYPE, decode};
+use fieldforce_schemas::headers;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rayon::prelude::*;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use crate::ProcessorError;
+use crate::error::Unprocessable;
+use crate::metrics::Metrics;
+
+/// How long `send` may wait for room in the producer queue before the attempt fails and is
+/// retried with backoff.
+const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A record transformation run on the rayon pool.
+pub trait Transform: Send + Sync + 'static {
+    /// Turns one input record into the value of its output record, or says why it cannot.
+    fn transform(&self, message: &OwnedMessage) -> Result<Output, Unprocessable>;
+}
+
+/// The output record of one input record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Record key: the submission id.
+    pub key: String,
+    /// Record value.
+    pub value: Vec<u8>,
+    /// Value of the schema header, such as `processed-submission/1`.
+    pub schema: String,
+}
+
+/// Where a stage reads and writes, and under which names it reports.
+#[derive(Debug, Clone, Copy)]
+pub struct StageSpec {
+    /// Stage name used in dead-letter headers, metric labels and logs.
+    pub stage: &'static str,
+    /// Consumer group.
+    pub group_id: &'static str,
+    /// Catalog name of the input topic.
+    pub input: &'static str,
+    /// Catalog name of the output topic.
+    pub output: &'static str,
+}
+
+/// Decodes a record value of a contract, or classifies it as undecodable.
+pub fn decode_value<T: Contract>(message: &OwnedMessage) -> Result<T, Unprocessable> {
+    let Some(payload) = message.payload() else {
+        return Err(Unprocessable {
+            code: "missing_value",
+            detail: "the record has no value".to_owned(),
+        });
+    };
+    decode::<T>(payload).map_err(|error| Unprocessable {
+        code: "undecodable",
+        detail: error.to_string(),
+    })
+}
+
+/// Consumer context that keeps the offset tracker in step with the group's assignment.
+struct RebalanceContext {
+    tracker: Arc<Mutex<OffsetTracker>>,
+    metrics: Metrics,
+    stage: &'static str,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        self.metrics.rebalances.inc();
+        // Offsets stored so far are durable output; commit them before another member takes
+        // the partitions over, so it does not replay them.
+        if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+            // NoOffset means nothing was stored since the last commit.
+            if !matches!(
+                error,
+                KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)
+            ) {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(stage = self.stage, %error, "commit on revoke failed");
+            }
+        }
+        let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        for element in revoked.elements() {
+            tracing::info!(
+                stage = self.stage,
+                topic = element.topic(),
+                partition = element.partition(),
+                "partition revoked"
+            );
+            tracker.revoke(&(element.topic().to_owned(), element.partition()));
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(assigned) = rebalance else {
+            return;
+        };
+        self.metrics.rebalances.inc();
+        let mut tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+        for element in assigned.elements() {
+            tracing::info!(
+                stage = self.stage,
+                topic = element.topic(),
+                partition = element.partition(),
+                "partition assigned"
+            );
+            tracker.assign((element.topic().to_owned(), element.partition()));
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(stage = self.stage, %error, "background offset commit failed");
+            }
+        }
+    }
+}
+
+type GroupConsumer = StreamConsumer<RebalanceContext>;
+
+/// A record ready to produce: the processed output or a dead-letter record.
+#[derive(Debug, Clone)]
+struct Pending {
+    topic: Arc<str>,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+    timestamp_ms: Option<i64>,
+    dead_letter: bool,
+    /// The input record, kept to dead-letter it if its output is rejected for good.
+    original: Arc<OwnedMessage>,
+}
+
+/// What became of one delivery attempt.
+enum Delivery {
+    Acknowledged {
+        ticket: Ticket,
+        dead_letter: bool,
+    },
+    Failed {
+        ticket: Ticket,
+        pending: Pending,
+        attempt: u32,
+        error: KafkaError,
+    },
+}
+
+async fn deliver(
+    producer: FutureProducer,
+    pending: Pending,
+    ticket: Ticket,
+    attempt: u32,
+    backoff: Duration,
+) -> Delivery {
+    if !backoff.is_zero() {
+        tokio::time::sleep(backoff).await;
+    }
+    let mut record = FutureRecord::to(&pending.topic).headers(pending.headers.clone());
+    if let Some(key) = &pending.key {
+        record = record.key(key);
+    }
+    if let Some(value) = &pending.value {
+        record = record.payload(value);
+    }
+    if let Some(timestamp) = pending.timestamp_ms {
+        record = record.timestamp(timestamp);
+    }
+    let result = producer.send(record, Timeout::After(ENQUEUE_TIMEOUT)).await;
+    match result {
+        Ok(_) => Delivery::Acknowledged {
+            ticket,
+            dead_letter: pending.dead_letter,
+        },
+        Err((error, _)) => Delivery::Failed {
+            ticket,
+            pending,
+            attempt,
+            error,
+        },
+    }
+}
+
+/// Whether the broker will reject the record whatever the number of attempts.
+fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    )
+}
+
+/// Per-partition counts that decide pausing.
+#[derive(Debug, Default)]
+struct Flow {
+    in_flight: HashMap<TopicPartition, usize>,
+    retrying: HashMap<TopicPartition, usize>,
+    paused: HashSet<TopicPartition>,
+}
+
+/// Runs one stage until shutdown: consume, transform on rayon, produce, store offsets.
+pub async fn run<T: Transform>(
+    config: &Config,
+    spec: StageSpec,
+    transform: Arc<T>,
+    metrics: Metrics,
+    mut shutdown: Shutdown,
+) -> Result<(), ProcessorError> {
+    let settings = &config.processors;
+    let input = config.kafka.topic(spec.input);
+    let output: Arc<str> = config.kafka.topic(spec.output).into();
+    let dead_letter_topic: Arc<str> = config.kafka.topic(SUBMISSIONS_DEADLETTER).into();
+
+    let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+    let context = RebalanceContext {
+        tracker: Arc::clone(&tracker),
+        metrics: metrics.clone(),
+        stage: spec.stage,
+    };
+    let consumer: Arc<GroupConsumer> =
+        Arc::new(consumer_config(&config.kafka, spec.group_id).create_with_context(context)?);
+    consumer.subscribe(&[&input])?;
+    let producer: FutureProducer = producer_config(&config.kafka).create()?;
+    tracing::info!(stage = spec.stage, input = %input, output = %output, "processor started");
+
+    let batch_max = settings.batch_max_records;
+    let linger = Duration::from_millis(settings.batch_linger_ms);
+    let backoff_initial = Duration::from_millis(settings.retry_backoff_initial_ms);
+    let backoff_max = Duration::from_millis(settings.retry_backoff_max_ms);
+    let mut deliveries = FuturesUnordered::new();
+    let mut flow = Flow::default();
+
+    loop {
+        let room = deliveries.len() + batch_max <= settings.max_in_flight_records;
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            Some(delivery) = deliveries.next(), if !deliveries.is_empty() => {
+                match delivery {
+                    Delivery::Acknowledged { ticket, dead_letter } => {
+                        acknowledge(&consumer, &tracker, &metrics, &mut flow, settings.max_in_flight_per_partition, ticket, dead_letter);
+                    }
+                    Delivery::Failed { ticket, pending, attempt, error } => {
+                        let (pending, backoff) = plan_retry(spec.stage, &dead_letter_topic, pending, attempt, &error, backoff_initial, backoff_max);
+                        metrics.produce_retries.inc();
+                        *flow.retrying.entry(ticket.partition.clone()).or_default() += 1;
+                        pause(&consumer, &mut flow, &ticket.partition);
+                        deliveries.push(deliver(producer.clone(), pending, ticket, attempt + 1, backoff));
+                    }
+                }
+            }
+            first = consumer.recv(), if room => {
+                let first = match first {
+                    Ok(message) => message.detach(),
+                    Err(error) => {
+                        tracing::warn!(stage = spec.stage, %error, "consume failed, continuing");
+                        continue;
+                    }
+                };
+                let batch = fill_batch(&consumer, first, batch_max, linger, spec.stage).await;
+                metrics.records_in.inc_by(batch.len() as u64);
+                metrics.batch_size.observe(batch.len() as f64);
+
+                let tickets: Vec<Ticket> = {
+                    let mut tracker = tracker.lock().unwrap_or_else(PoisonError::into_inner);
+                    batch
+                        .iter()
+                        .map(|message| tracker.start((message.topic().to_owned(), message.partition()), message.offset()))
+                        .collect()
+                };
+
+                let started = Instant::now();
+                let (batch, results) = transform_batch(Arc::clone(&transform), batch).await?;
+                metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
+
+                for ((message, result), ticket) in batch.into_iter().zip(results).zip(tickets) {
+                    let message = Arc::new(message);
+                    let pending = match result {
+                        Ok(output_record) => output_pending(&output, output_record, &message),
+                        Err(reason) => {
+                            tracing::warn!(
+                                stage = spec.stage,
+                                topic = message.topic(),
+                                partition = message.partition(),
+                                offset = message.offset(),
+                                code = reason.code,
+                                detail = %reason.detail,
+                                "record dead-lettered"
+                            );
+                            dead_letter_pending(&dead_letter_topic, spec.stage, &reason, message)
+                        }
+                    };
+                    let count = flow.in_flight.entry(ticket.partition.clone()).or_default();
+                    *count += 1;
+                    if *count >= settings.max_in_flight_per_partition {
+                        pause(&consumer, &mut flow, &ticket.partition);
+                    }
+                    deliveries.push(deliver(producer.clone(), pending, ticket, 0, Duration::ZERO));
+                }
+                metrics.in_flight.set(deliveries.len() as i64);
+            }
+        }
+    }
+
+    drain(
+        &consumer,
+        &tracker,
+        &metrics,
+        &mut flow,
+        deliveries,
+        settings.shutdown_drain_timeout_ms,
+        settings.max_in_flight_per_partition,
+        spec.stage,
+    )
+    .await;
+
+    // The final commit blocks on a broker round trip.
+    let committing = Arc::clone(&consumer);
+    let committed =
+        tokio::task::spawn_blocking(move || committing.commit_consumer_state(CommitMode::Sync))
+            .await
+            .map_err(|_| ProcessorError::TaskPanicked)?;
+    match committed {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => {
+            metrics.commit_failures.inc();
+            tracing::warn!(stage = spec.stage, %error, "final commit failed, the next run replays from the last commit");
+        }
+    }
+    tracing::info!(stage = spec.stage, "processor stopped");
+    Ok(())
+}
+
+/// Collects records that are already fetched, up to `batch_max`, waiting at most `linger`.
+async fn fill_batch(
+    consumer: &GroupConsumer,
+    first: OwnedMessage,
+    batch_max: usize,
+    linger: Duration,
+    stage: &'static str,
+) -> Vec<OwnedMessage> {
+    let mut batch = Vec::with_capacity(batch_max);
+    batch.push(first);
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < batch_max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(message)) => batch.push(message.detach()),
+            Ok(Err(error)) => {
+                tracing::warn!(stage, %error, "consume failed, continuing");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+type BatchResult = (Vec<OwnedMessage>, Vec<Result<Output, Unprocessable>>);
+
+/// Transforms a batch on the rayon pool; parsing and geometry work can take well over a
+/// millisecond per batch, which must not run on an async worker.
+async fn transform_batch<T: Transform>(
+    transform: Arc<T>,
+    batch: Vec<OwnedMessage>,
+) -> Result<BatchResult, ProcessorError> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let results: Vec<_> = batch
+            .par_iter()
+            .map(|message| transform.transform(message))
+            .collect();
+        let _ = sender.send((batch, results));
+    });
+    receiver.await.map_err(|_| ProcessorError::TaskPanicked)
+}
+
+fn output_pending(topic: &Arc<str>, output: Output, original: &Arc<OwnedMessage>) -> Pending {
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: headers::CONTENT_TYPE,
+            value: Some(JSON_CONTENT_TYPE),
+        })
+        .insert(Header {
+            key: headers::SCHEMA,
+            value: Some(output.schema.as_str()),
+        });
+    if let Some(traceparent) = original.headers().and_then(|found| {
+        found
+            .iter()
+            .find(|header| header.key == headers::TRACEPARENT)
+    }) {
+        headers = headers.insert(Header {
+            key: headers::TRACEPARENT,
+            value: traceparent.value,
+        });
+    }
+    Pending {
+        topic: Arc::clone(topic),
+        key: Some(output.key.into_bytes()),
+        value: Some(output.value),
+        headers,
+        // The input's timestamp, never the wall clock, so a replay writes the same record.
+        timestamp_ms: original.timestamp().to_millis(),
+        dead_letter: false,
+        original: Arc::clone(original),
+    }
+}
+
+fn dead_letter_pending(
+    topic: &Arc<str>,
+    stage: &'static str,
+    reason: &Unprocessable,
+    original: Arc<OwnedMessage>,
+) -> Pending {
+    let record = dead_letter_record(original.as_ref(), &reason.reason(stage));
+    Pending {
+        topic: Arc::clone(topic),
+        key: record.key,
+        value: record.payload,
+        headers: record.headers,
+        timestamp_ms: original.timestamp().to_millis(),
+        dead_letter: true,
+        original,
+    }
+}
+
+/// Decides the next attempt after a failed delivery: the same record after a backoff, or, when
+/// the broker rejects the output for good, the input record on the dead-letter topic.
+fn plan_retry(
+    stage: &'static str,
+    dead_letter_topic: &Arc<str>,
+    pending: Pending,
+    attempt: u32,
+    error: &KafkaError,
+    initial: Duration,
+    max: Duration,
+) -> (Pending, Duration) {
+    if is_permanent(error) && !pending.dead_letter {
+        tracing::warn!(stage, topic = %pending.topic, %error, "output rejected by the broker, dead-lettering the input");
+        let reason = Unprocessable {
+            code: "output_rejected",
+            detail: error.to_string(),
+        };
+        let original = Arc::clone(&pending.original);
+        return (
+            dead_letter_pending(dead_letter_topic, stage, &reason, original),
+            Duration::ZERO,
+        );
+    }
+    let backoff = initial
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(max);
+    if pending.dead_letter && is_permanent(error) {
+        // NOTE: a dead-letter record the broker rejects for good (larger than the topic's
+        // maximum) is retried until an operator raises the limit; the partition stays paused.
+        tracing::error!(stage, topic = %pending.topic, %error, "dead-letter record rejected by the broker, retrying");
+    } else {
+        tracing::warn!(stage, topic = %pending.topic, attempt, backoff_ms = backoff.as_millis() as u64, %error, "delivery failed, retrying");
+    }
+    (pending, backoff)
+}
+
+fn pause(consumer: &GroupConsumer, flow: &mut Flow, partition: &TopicPartition) {
+    if !flow.paused.insert(partition.clone()) {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    list.add_partition(&partition.0, partition.1);
+    if let Err(error) = consumer.pause(&list) {
+        tracing::warn!(topic = %partition.0, partition = partition.1, %error, "pausing partition failed");
+    }
+}
+
+fn resume_if_clear(
+    consumer: &GroupConsumer,
+    flow: &mut Flow,
+    partition: &TopicPartition,
+    per_partition_max: usize,
+) {
+    if !flow.paused.contains(partition) {
+        return;
+    }
+    let retrying = flow.retrying.get(partition).copied().unwrap_or(0);
+    let in_flight = flow.in_flight.get(partition).copied().unwrap_or(0);
+    // Resume at half the cap, so a partition near the cap does not flap.
+    if retrying > 0 || in_flight > per_partition_max / 2 {
+        return;
+    }
+    flow.paused.remove(partition);
+    let mut list = TopicPartitionList::new();
+    list.add_partition(&partition.0, partition.1);
+    if let Err(error) = consumer.resume(&list) {
+        tracing::warn!(topic = %partition.0, partition = partition.1, %error, "resuming partition failed");
+    }
+}
+
+fn acknowledge(
+    consumer: &GroupConsumer,
+    tracker: &Mutex<OffsetTracker>,
+    metrics: &Metrics,
+    flow: &mut Flow,
+    per_partition_max: usize,
+    ticket: Ticket,
+    dead_letter: bool,
+) {
+    if dead_letter {
+        metrics.records_dead_lettered.inc();
+    } else {
+        metrics.records_out.inc();
+    }
+    if let Some(count) = flow.in_flight.get_mut(&ticket.partition) {
+        *count = count.saturating_sub(1);
+    }
+    if let Some(count) = flow.retrying.get_mut(&ticket.partition) {
+        // A ticket that was retried counts once in `retrying` until it is acknowledged.
+        *count = count.saturating_sub(1);
+    }
+    resume_if_clear(consumer, flow, &ticket.partition, per_partition_max);
+
+    let committable = tracker
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .complete(&ticket);
+    let Some(next_offset) = committable else {
+        return;
+    };
+    let mut list = TopicPartitionList::new();
+    // The tracker returns the next offset to read (last acknowledged + 1), which is what
+    // Kafka expects as a committed offset.
+    if let Err(error) = list.add_partition_offset(
+        &ticket.partition.0,
+        ticket.partition.1,
+        Offset::Offset(next_offset),
+    ) {
+        tracing::warn!(%error, "building the offset list failed");
+        return;
+    }
+    if let Err(error) = consumer.store_offsets(&list) {
+        // The partition was revoked since the record was read; its new owner replays it.
+        tracing::debug!(topic = %ticket.partition.0, partition = ticket.partition.1, offset = next_offset, %error, "storing offset failed");
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the shutdown drain needs the whole loop state"
+)]
+async fn drain<F: std::future::Future<Output = Delivery>>(
+    consumer: &GroupConsumer,
+    tracker: &Mutex<OffsetTracker>,
+    metrics: &Metrics,
+    flow: &mut Flow,
+    mut deliveries: FuturesUnordered<F>,
+    timeout_ms: u64,
+    per_partition_max: usize,
+    stage: &'static str,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    while !deliveries.is_empty() {
+        match tokio::time::timeout_at(deadline, deliveries.next()).await {
+            Ok(Some(Delivery::Acknowledged {
+                ticket,
+                dead_letter,
+            })) => {
+                acknowledge(
+                    consumer,
+                    tracker,
+                    metrics,
+                    flow,
+                    per_partition_max,
+                    ticket,
+                    dead_letter,
+                );
+            }
+            Ok(Some(Delivery::Failed { ticket, error, .. })) => {
+                // No retry during shutdown: the offset stays uncommitted and the next run
+                // processes the record again.
+                tracing::warn!(stage, topic = %ticket.partition.0, partition = ticket.partition.1, offset = ticket.offset, %error, "delivery failed during shutdown, record will be replayed");
+            }
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    stage,
+                    in_flight = deliveries.len(),
+                    "shutdown drain timed out, unacknowledged records will be replayed"
+                );
+                break;
+            }
+        }
+    }
+}

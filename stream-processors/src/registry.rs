@@ -1,0 +1,242 @@
+//! Forms and project settings, read at run time from their compacted topics.
+//!
+//! A [`CompactedReader`] assigns every partition of its topic from the beginning, without a
+//! consumer group, keeps the latest value per key in a shared map, and keeps following new
+//! records, so a changed geofence or a newly registered form takes effect without a restart.
+//! A tombstone (a record without a value) removes its key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use fieldforce_kafka::client::base_config;
+use fieldforce_runtime::config::KafkaConfig;
+use fieldforce_runtime::shutdown::Shutdown;
+use fieldforce_schemas::codec::{Contract, decode};
+use fieldforce_schemas::form::{FormDefinition, form_topic_key};
+use fieldforce_schemas::project::{ProjectSettings, project_topic_key};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::ProcessorError;
+
+/// How long a metadata or watermark request may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The latest value of every key of a compacted topic, shared between the reader and the
+/// transforms.
+#[derive(Debug)]
+pub struct Registry<T> {
+    entries: RwLock<HashMap<String, Arc<T>>>,
+}
+
+impl<T> Default for Registry<T> {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T> Registry<T> {
+    /// Returns the latest value stored under `key`.
+    pub fn get(&self, key: &str) -> Option<Arc<T>> {
+        // A poisoned lock only means a writer panicked between two whole-value writes, so the
+        // map is still consistent.
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.get(key).cloned()
+    }
+
+    /// Stores `value` under `key`, or removes the key when `value` is `None`.
+    pub fn put(&self, key: String, value: Option<T>) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match value {
+            Some(value) => entries.insert(key, Arc::new(value)),
+            None => entries.remove(&key),
+        };
+    }
+}
+
+impl Registry<FormDefinition> {
+    /// Returns the registered form version; a submission without a version looks up the
+    /// form registered with an empty version.
+    pub fn form(
+        &self,
+        org_id: &str,
+        project_id: &str,
+        form_id: &str,
+        version: Option<&str>,
+    ) -> Option<Arc<FormDefinition>> {
+        self.get(&form_topic_key(
+            org_id,
+            project_id,
+            form_id,
+            version.unwrap_or(""),
+        ))
+    }
+}
+
+impl Registry<ProjectSettings> {
+    /// Returns the settings of a project.
+    pub fn project(&self, org_id: &str, project_id: &str) -> Option<Arc<ProjectSettings>> {
+        self.get(&project_topic_key(org_id, project_id))
+    }
+}
+
+/// A running reader of one compacted topic.
+#[derive(Debug)]
+pub struct CompactedReader<T> {
+    /// The map the reader keeps current.
+    pub registry: Arc<Registry<T>>,
+    caught_up: watch::Receiver<bool>,
+    topic: String,
+}
+
+impl<T: Contract + Send + Sync + 'static> CompactedReader<T> {
+    /// Starts reading `topic` from the beginning of every partition. The reader runs until
+    /// shutdown.
+    pub async fn start(
+        kafka: &KafkaConfig,
+        topic: String,
+        mut shutdown: Shutdown,
+    ) -> Result<Self, ProcessorError> {
+        let consumer: StreamConsumer = base_config(kafka)
+            // No group: the reader assigns partitions itself and never commits.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()?;
+        let consumer = Arc::new(consumer);
+
+        // Metadata and watermark requests block the calling thread.
+        let ends = {
+            let consumer = Arc::clone(&consumer);
+            let topic = topic.clone();
+            tokio::task::spawn_blocking(move || end_offsets(&consumer, &topic))
+                .await
+                .map_err(|_| ProcessorError::TaskPanicked)??
+        };
+
+        let mut assignment = TopicPartitionList::new();
+        for (partition, _) in &ends {
+            assignment.add_partition_offset(&topic, *partition, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+
+        let registry = Arc::new(Registry::default());
+        let (caught_up_sender, caught_up) = watch::channel(false);
+        let mut remaining: HashMap<i32, i64> = ends
+            .into_iter()
+            .filter(|(_, (low, high))| high > low)
+            .map(|(partition, (_, high))| (partition, high))
+            .collect();
+        if remaining.is_empty() {
+            caught_up_sender.send_replace(true);
+        }
+
+        let task_registry = Arc::clone(&registry);
+        let task_topic = topic.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.wait() => break,
+                    message = consumer.recv() => message,
+                };
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::warn!(topic = %task_topic, %error, "compacted topic read failed");
+                        continue;
+                    }
+                };
+                apply_record(&task_registry, &task_topic, &message);
+
+                if remaining.is_empty() {
+                    continue;
+                }
+                // The end offset is the next offset to be written, so the record just before
+                // it is the last one present when the reader started.
+                if let Some(&end) = remaining.get(&message.partition())
+                    && message.offset() + 1 >= end
+                {
+                    remaining.remove(&message.partition());
+                    if remaining.is_empty() {
+                        caught_up_sender.send_replace(true);
+                    }
+                }
+            }
+        });
+
+        Ok(Self {
+            registry,
+            caught_up,
+            topic,
+        })
+    }
+
+    /// Waits until every record present at start has been read, or until `timeout` passes;
+    /// returns whether the reader caught up.
+    pub async fn wait_caught_up(&mut self, timeout: Duration) -> bool {
+        let caught_up = tokio::time::timeout(timeout, self.caught_up.wait_for(|done| *done))
+            .await
+            .is_ok_and(|result| result.is_ok());
+        if !caught_up {
+            tracing::warn!(
+                topic = %self.topic,
+                timeout_ms = timeout.as_millis() as u64,
+                "compacted topic not read to its end in time, processing with what was read"
+            );
+        }
+        caught_up
+    }
+}
+
+fn end_offsets(
+    consumer: &StreamConsumer,
+    topic: &str,
+) -> Result<Vec<(i32, (i64, i64))>, ProcessorError> {
+    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    let mut ends = Vec::new();
+    for found in metadata
+        .topics()
+        .iter()
+        .filter(|found| found.name() == topic)
+    {
+        for partition in found.partitions() {
+            let watermarks = consumer.fetch_watermarks(topic, partition.id(), METADATA_TIMEOUT)?;
+            ends.push((partition.id(), watermarks));
+        }
+    }
+    Ok(ends)
+}
+
+fn apply_record<T: Contract, M: Message>(registry: &Registry<T>, topic: &str, message: &M) {
+    let Some(key) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
+        tracing::warn!(
+            topic,
+            offset = message.offset(),
+            "compacted record without a UTF-8 key skipped"
+        );
+        return;
+    };
+    let Some(payload) = message.payload() else {
+        registry.put(key.to_owned(), None);
+        return;
+    };
+    match decode::<T>(payload) {
+        Ok(value) => registry.put(key.to_owned(), Some(value)),
+        Err(error) => tracing::warn!(
+            topic,
+            key,
+            offset = message.offset(),
+            %error,
+            "undecodable compacted record skipped, the previous value is kept"
+        ),
+    }
+}
