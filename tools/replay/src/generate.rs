@@ -1,0 +1,261 @@
+//! Generated submissions modelled on real ones: a household survey sent by many enumerators
+//! on many devices, with GPS inside and outside the project's geofence, and a share of bad
+//! records of the kinds real clients send.
+
+use chrono::{Duration, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Form id of the generated survey.
+pub const FORM_ID: &str = "household_survey";
+/// Form version of the generated survey.
+pub const FORM_VERSION: &str = "2024050101";
+
+/// Returns the XForm of the generated survey.
+pub fn xform() -> String {
+    format!(
+        r#"<?xml version="1.0"?>
+<h:html xmlns="http://www.w3.org/2002/xforms" xmlns:h="http://www.w3.org/1999/xhtml" xmlns:jr="http://openrosa.org/javarosa" xmlns:orx="http://openrosa.org/xforms">
+  <h:head>
+    <h:title>Household survey</h:title>
+    <model>
+      <instance>
+        <data id="{FORM_ID}" version="{FORM_VERSION}">
+          <start/><end/><deviceid/>
+          <consent/><hh_size/><water_source/><head_name/><location/>
+          <member jr:template=""><member_name/><member_age/></member>
+          <meta><instanceID/></meta>
+        </data>
+      </instance>
+      <bind nodeset="/data/start" type="dateTime" jr:preload="timestamp" jr:preloadParams="start"/>
+      <bind nodeset="/data/end" type="dateTime" jr:preload="timestamp" jr:preloadParams="end"/>
+      <bind nodeset="/data/deviceid" type="string" jr:preload="property" jr:preloadParams="deviceid"/>
+      <bind nodeset="/data/consent" type="select1" required="true()"/>
+      <bind nodeset="/data/hh_size" type="int" required="true()"/>
+      <bind nodeset="/data/water_source" type="select1"/>
+      <bind nodeset="/data/head_name" type="string"/>
+      <bind nodeset="/data/location" type="geopoint" required="true()"/>
+      <bind nodeset="/data/member/member_name" type="string"/>
+      <bind nodeset="/data/member/member_age" type="int"/>
+      <bind nodeset="/data/meta/instanceID" type="string" readonly="true()" jr:preload="uid"/>
+    </model>
+  </h:head>
+  <h:body>
+    <select1 ref="/data/consent"><label>Consent</label>
+      <item><label>Yes</label><value>yes</value></item>
+      <item><label>No</label><value>no</value></item>
+    </select1>
+    <input ref="/data/hh_size"><label>Household size</label></input>
+    <select1 ref="/data/water_source"><label>Main water source</label>
+      <item><label>Piped</label><value>piped</value></item>
+      <item><label>Well</label><value>well</value></item>
+      <item><label>River</label><value>river</value></item>
+      <item><label>Other</label><value>other</value></item>
+    </select1>
+    <input ref="/data/head_name"><label>Head of household</label></input>
+    <input ref="/data/location"><label>Location</label></input>
+    <repeat nodeset="/data/member">
+      <input ref="/data/member/member_name"><label>Name</label></input>
+      <input ref="/data/member/member_age"><label>Age</label></input>
+    </repeat>
+  </h:body>
+</h:html>
+"#
+    )
+}
+
+/// A project the generator sends to, with a point inside its geofence and one outside.
+#[derive(Debug, Clone)]
+pub struct ProjectPlan {
+    /// Index of the token (organisation) the project belongs to.
+    pub token_index: usize,
+    /// Project id.
+    pub project_id: String,
+    /// A `[lon, lat]` point inside the project's geofence.
+    pub inside: [f64; 2],
+    /// A `[lon, lat]` point outside it.
+    pub outside: [f64; 2],
+}
+
+/// What a generated request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// An ordinary submission.
+    Good,
+    /// XML that does not parse: the gateway must reject it.
+    Malformed,
+    /// No instanceID: the gateway must reject it.
+    MissingInstanceId,
+    /// A household size that is not a number: validation flags it.
+    WrongType,
+    /// GPS at 0,0: the GPS check flags it.
+    NullIsland,
+}
+
+/// One generated submission.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// Which project plan it goes to.
+    pub plan: usize,
+    /// Enumerator user name.
+    pub user: String,
+    /// Its instanceID (also present when the XML omits it, for bookkeeping).
+    pub instance_id: String,
+    /// The instance XML.
+    pub xml: String,
+    /// The Kobo/Ona JSON shape of the same answers.
+    pub json: serde_json::Value,
+    /// What kind of record it is.
+    pub kind: Kind,
+}
+
+/// Deterministic generator of submissions for a set of projects.
+pub struct Generator {
+    rng: StdRng,
+    plans: Vec<ProjectPlan>,
+    enumerators_per_project: usize,
+    bad_share: f64,
+}
+
+impl Generator {
+    /// Creates a generator; the same seed gives the same submissions.
+    pub fn new(
+        seed: u64,
+        plans: Vec<ProjectPlan>,
+        enumerators_per_project: usize,
+        bad_share: f64,
+    ) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            plans,
+            enumerators_per_project: enumerators_per_project.max(1),
+            bad_share,
+        }
+    }
+
+    /// Generates the next submission.
+    pub fn next_submission(&mut self) -> Generated {
+        let plan_index = self.rng.random_range(0..self.plans.len());
+        let plan = self.plans[plan_index].clone();
+        let enumerator = self.rng.random_range(0..self.enumerators_per_project);
+        let user = format!("{}-enumerator-{enumerator}", plan.project_id);
+        let device = format!("collect:{}-{enumerator}", plan.project_id);
+        let instance_id = format!(
+            "uuid:{}",
+            uuid::Builder::from_random_bytes(self.rng.random()).into_uuid()
+        );
+
+        let kind = if self.rng.random_bool(self.bad_share.clamp(0.0, 1.0)) {
+            match self.rng.random_range(0..4) {
+                0 => Kind::Malformed,
+                1 => Kind::MissingInstanceId,
+                2 => Kind::WrongType,
+                _ => Kind::NullIsland,
+            }
+        } else {
+            Kind::Good
+        };
+
+        // Most interviews take 10 to 40 minutes; some are rushed in under two.
+        let minutes = if self.rng.random_bool(0.1) {
+            1
+        } else {
+            self.rng.random_range(10..40)
+        };
+        let end = Utc::now() - Duration::minutes(self.rng.random_range(0..600));
+        let start = end - Duration::minutes(minutes);
+        let [lon, lat] = match kind {
+            Kind::NullIsland => [0.0, 0.0],
+            _ if self.rng.random_bool(0.15) => plan.outside,
+            _ => plan.inside,
+        };
+        let accuracy = if self.rng.random_bool(0.1) {
+            120.0
+        } else {
+            self.rng.random_range(3.0..20.0)
+        };
+        let hh_size = if kind == Kind::WrongType {
+            "several".to_owned()
+        } else {
+            self.rng.random_range(1..12).to_string()
+        };
+        let sources = ["piped", "well", "river", "other"];
+        let water = sources[self.rng.random_range(0..sources.len())];
+        let members = self.rng.random_range(1..4);
+        let member_xml: String = (0..members)
+            .map(|index| format!("<member><member_name>Member {index}</member_name><member_age>{}</member_age></member>", self.rng.random_range(1..90)))
+            .collect();
+        let location = format!("{lat:.6} {lon:.6} 1200.0 {accuracy:.1}");
+        let meta = if kind == Kind::MissingInstanceId {
+            "<meta/>".to_owned()
+        } else {
+            format!("<meta><instanceID>{instance_id}</instanceID></meta>")
+        };
+        let mut xml = format!(
+            "<?xml version='1.0' ?><data id=\"{FORM_ID}\" version=\"{FORM_VERSION}\">\
+             <start>{}</start><end>{}</end><deviceid>{device}</deviceid>\
+             <consent>yes</consent><hh_size>{hh_size}</hh_size><water_source>{water}</water_source>\
+             <head_name>Head {enumerator}</head_name><location>{location}</location>{member_xml}{meta}</data>",
+            start.format("%Y-%m-%dT%H:%M:%S%.3f+00:00"),
+            end.format("%Y-%m-%dT%H:%M:%S%.3f+00:00"),
+        );
+        if kind == Kind::Malformed {
+            xml.truncate(xml.len() / 2);
+        }
+        let json = serde_json::json!({
+            "id": FORM_ID,
+            "submission": {
+                "start": start.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string(),
+                "end": end.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string(),
+                "deviceid": device,
+                "consent": "yes",
+                "hh_size": hh_size,
+                "water_source": water,
+                "head_name": format!("Head {enumerator}"),
+                "location": location,
+                "meta": if kind == Kind::MissingInstanceId { serde_json::json!({}) } else { serde_json::json!({ "instanceID": instance_id }) },
+            }
+        });
+        Generated {
+            plan: plan_index,
+            user,
+            instance_id,
+            xml,
+            json,
+            kind,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plans() -> Vec<ProjectPlan> {
+        vec![ProjectPlan {
+            token_index: 0,
+            project_id: "p1".into(),
+            inside: [36.8, -1.3],
+            outside: [10.0, 10.0],
+        }]
+    }
+
+    #[test]
+    fn same_seed_same_submissions() {
+        let mut first = Generator::new(7, plans(), 3, 0.2);
+        let mut second = Generator::new(7, plans(), 3, 0.2);
+        for _ in 0..20 {
+            let (a, b) = (first.next_submission(), second.next_submission());
+            assert_eq!(a.instance_id, b.instance_id);
+            assert_eq!(a.kind, b.kind);
+        }
+    }
+
+    #[test]
+    fn bad_share_zero_gives_only_good_records() {
+        let mut generator = Generator::new(1, plans(), 3, 0.0);
+        for _ in 0..50 {
+            assert_eq!(generator.next_submission().kind, Kind::Good);
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! `summary`: waits until every submission in the ledger is stored, then reports what the
+//! pipeline did: stored and missing, dead-lettered by reason, flagged by quality check,
+//! outside a geofence, accepted-to-stored latency, and the lag of every consumer group.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use fieldforce_kafka::catalog;
+use fieldforce_kafka::client::{base_config, consumer_config};
+use fieldforce_kafka::dead_letter::header_str;
+use fieldforce_runtime::config::Config;
+use fieldforce_schemas::headers;
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, doc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::ledger::{self, Accepted};
+use crate::report::percentiles_line;
+
+/// How long a Kafka metadata or offsets request may take.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Consumer groups of the pipeline and the catalog topic each reads.
+const GROUPS: [(&str, &str); 4] = [
+    ("fieldforce-validation", catalog::SUBMISSIONS_RAW),
+    ("fieldforce-geo", catalog::SUBMISSIONS_VALIDATED),
+    ("fieldforce-quality", catalog::SUBMISSIONS_LOCATED),
+    ("fieldforce-sink", catalog::SUBMISSIONS_PROCESSED),
+];
+
+/// Arguments of `summary`.
+#[derive(Args)]
+pub struct SummaryArgs {
+    /// How long to wait for accepted submissions to be stored, in seconds.
+    #[arg(long, default_value_t = 180)]
+    wait_s: u64,
+}
+
+/// Prints the summary; returns false when an accepted submission is not stored.
+pub async fn run(ledger_path: &Path, args: SummaryArgs) -> anyhow::Result<bool> {
+    let config = Config::load_from_env()?;
+    let entries = ledger::read(ledger_path)?;
+    let roots = root_ids(&entries);
+    let accepted_at: HashMap<&str, i64> = entries
+        .iter()
+        .map(|entry| (entry.submission_id.as_str(), entry.accepted_at_ms))
+        .collect();
+
+    let client = mongodb::Client::with_uri_str(&config.mongodb.uri).await?;
+    let submissions = client
+        .database(&config.mongodb.database)
+        .collection::<Document>("submissions");
+
+    // Poll for the expected ids; the time each is first seen bounds its stored time.
+    let mut first_seen: HashMap<String, i64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(args.wait_s);
+    let mut last_progress = Instant::now();
+    loop {
+        let waiting: Vec<&String> = roots
+            .iter()
+            .filter(|id| !first_seen.contains_key(*id))
+            .collect();
+        for chunk in waiting.chunks(1000) {
+            let ids: Vec<Bson> = chunk.iter().map(|id| Bson::String((*id).clone())).collect();
+            let mut cursor = submissions
+                .find(doc! { "_id": { "$in": ids } })
+                .projection(doc! { "_id": 1 })
+                .await?;
+            let now = ledger::now_ms();
+            while let Some(document) = cursor.try_next().await? {
+                if let Ok(id) = document.get_str("_id") {
+                    first_seen.entry(id.to_owned()).or_insert(now);
+                }
+            }
+        }
+        if first_seen.len() == roots.len() || Instant::now() >= deadline {
+            break;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(2) {
+            println!(
+                "summary: {} of {} accepted submissions stored",
+                first_seen.len(),
+                roots.len()
+            );
+            last_progress = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let stored_total = submissions.count_documents(doc! {}).await?;
+    let missing: Vec<&String> = roots
+        .iter()
+        .filter(|id| !first_seen.contains_key(*id))
+        .collect();
+    println!();
+    println!("summary");
+    println!(
+        "  accepted by the gateway   {:>8}  ({} submissions after edits)",
+        entries.len(),
+        roots.len()
+    );
+    println!("  stored                    {:>8}", first_seen.len());
+    println!("  missing                   {:>8}", missing.len());
+    for id in missing.iter().take(10) {
+        println!("    {id}");
+    }
+    println!("  documents in the store    {stored_total:>8}");
+
+    let mut flags: BTreeMap<String, u64> = BTreeMap::new();
+    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+    let mut outside = 0u64;
+    let mut stored_latency_us = Vec::new();
+    let mut cursor = submissions
+        .find(doc! {})
+        .projection(doc! { "quality.flags.check": 1, "location.geofence.inside": 1, "processing_status": 1, "stored_at": 1 })
+        .await?;
+    while let Some(document) = cursor.try_next().await? {
+        if let Ok(quality) = document.get_document("quality") {
+            for flag in quality.get_array("flags").into_iter().flatten() {
+                if let Some(check) = flag
+                    .as_document()
+                    .and_then(|flag| flag.get_str("check").ok())
+                {
+                    *flags.entry(check.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        if let Ok(status) = document.get_str("processing_status") {
+            *statuses.entry(status.to_owned()).or_default() += 1;
+        }
+        let inside = document
+            .get_document("location")
+            .and_then(|location| location.get_document("geofence"))
+            .and_then(|geofence| geofence.get_bool("inside"));
+        if inside == Ok(false) {
+            outside += 1;
+        }
+        if let (Ok(id), Ok(stored_at)) =
+            (document.get_str("_id"), document.get_datetime("stored_at"))
+            && let Some(accepted) = accepted_at.get(id)
+        {
+            let micros = (stored_at.timestamp_millis() - accepted).max(0) * 1000;
+            stored_latency_us.push(micros as u64);
+        }
+    }
+    println!("  by processing status");
+    for (status, count) in &statuses {
+        println!("    {status:<24}{count:>8}");
+    }
+    println!("  flagged by quality check");
+    for (check, count) in &flags {
+        println!("    {check:<24}{count:>8}");
+    }
+    println!("  outside their geofence    {outside:>8}");
+
+    let mut seen_latency_us: Vec<u64> = first_seen
+        .iter()
+        .filter_map(|(id, seen)| {
+            accepted_at
+                .get(id.as_str())
+                .map(|accepted| ((seen - accepted).max(0) * 1000) as u64)
+        })
+        .collect();
+    if let Some(line) = percentiles_line(&mut stored_latency_us) {
+        println!("  accepted -> stored        {line} (from the sink's stored_at)");
+    } else if let Some(line) = percentiles_line(&mut seen_latency_us) {
+        println!("  accepted -> stored        {line} (first seen by polling every 200 ms)");
+    }
+
+    print_dead_letters(&config)?;
+    print_lag(&config)?;
+    Ok(missing.is_empty())
+}
+
+/// Resolves edit chains so each submission counts once, under the id it is stored as.
+fn root_ids(entries: &[Accepted]) -> Vec<String> {
+    let mut root_of: HashMap<&str, &str> = HashMap::new();
+    let mut roots = Vec::new();
+    let mut known = HashSet::new();
+    for entry in entries {
+        let root = match entry
+            .deprecated_id
+            .as_deref()
+            .and_then(|old| root_of.get(old))
+        {
+            Some(root) => *root,
+            None => entry.submission_id.as_str(),
+        };
+        root_of.insert(entry.submission_id.as_str(), root);
+        if known.insert(root) {
+            roots.push(root.to_owned());
+        }
+    }
+    roots
+}
+
+fn print_dead_letters(config: &Config) -> anyhow::Result<()> {
+    let topic = config.kafka.topic(catalog::SUBMISSIONS_DEADLETTER);
+    let consumer: BaseConsumer = base_config(&config.kafka).create()?;
+    let metadata = consumer.fetch_metadata(Some(&topic), KAFKA_TIMEOUT)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    for partition in metadata
+        .topics()
+        .iter()
+        .flat_map(|topic| topic.partitions())
+    {
+        let (low, high) = consumer.fetch_watermarks(&topic, partition.id(), KAFKA_TIMEOUT)?;
+        remaining += high - low;
+        assignment.add_partition_offset(&topic, partition.id(), Offset::Offset(low))?;
+    }
+    consumer.assign(&assignment)?;
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remaining > 0 && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message?;
+        remaining -= 1;
+        let (stage, reason) = match message.headers() {
+            Some(headers) => (
+                header_str(headers, headers::DEAD_LETTER_STAGE)
+                    .unwrap_or("?")
+                    .to_owned(),
+                header_str(headers, headers::DEAD_LETTER_REASON)
+                    .unwrap_or("?")
+                    .to_owned(),
+            ),
+            None => ("?".to_owned(), "?".to_owned()),
+        };
+        *reasons.entry(format!("{stage}: {reason}")).or_default() += 1;
+    }
+    println!(
+        "  dead-lettered by reason   {:>8}",
+        reasons.values().sum::<u64>()
+    );
+    for (reason, count) in &reasons {
+        println!("    {reason:<24}{count:>8}");
+    }
+    Ok(())
+}
+
+fn print_lag(config: &Config) -> anyhow::Result<()> {
+    println!("  consumer lag (records)");
+    for (group, catalog_name) in GROUPS {
+        let topic = config.kafka.topic(catalog_name);
+        let consumer: BaseConsumer = consumer_config(&config.kafka, group).create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), KAFKA_TIMEOUT)?;
+        let mut partitions = TopicPartitionList::new();
+        for partition in metadata
+            .topics()
+            .iter()
+            .flat_map(|topic| topic.partitions())
+        {
+            partitions.add_partition(&topic, partition.id());
+        }
+        let committed = consumer.committed_offsets(partitions, KAFKA_TIMEOUT)?;
+        let mut lag = 0i64;
+        for element in committed.elements() {
+            let (low, high) =
+                consumer.fetch_watermarks(&topic, element.partition(), KAFKA_TIMEOUT)?;
+            let position = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => low,
+            };
+            lag += (high - position).max(0);
+        }
+        println!("    {group:<24}{lag:>8}  ({topic})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_count_under_their_original() {
+        let entry = |id: &str, old: Option<&str>| Accepted {
+            submission_id: id.into(),
+            deprecated_id: old.map(str::to_owned),
+            accepted_at_ms: 0,
+        };
+        let entries = [
+            entry("a", None),
+            entry("b", Some("a")),
+            entry("c", Some("b")),
+            entry("d", None),
+        ];
+        assert_eq!(root_ids(&entries), vec!["a".to_owned(), "d".to_owned()]);
+    }
+}
