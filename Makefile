@@ -10,7 +10,7 @@ CARGO_TEST ?= $(CARGO) test --workspace --all-targets
 
 STACK := stack/stack.sh
 
-.PHONY: up down status logs clean-stack test demo
+.PHONY: up down status logs clean-stack test lint demo
 
 ## up: install what is missing, start Kafka and FerretDB, wait until both answer
 up:
@@ -32,13 +32,17 @@ logs:
 clean-stack:
 	@$(STACK) clean
 
-## test: start the stack, then run the Rust tests against it
-test: up
+## test: start the stack, check formatting and lints, then run every test against the stack
+test: up lint
+	@stack/fetch-boundaries >/dev/null
 	$(CARGO_TEST)
 
-## demo: start the stack and show what runs
-demo: up
-	@echo
-	@echo "demo: the local stack is up:"
-	@$(STACK) status
-	@echo "demo: try stack/bin/kafka-topics --bootstrap-server 127.0.0.1:9092 --list"
+## lint: rustfmt and clippy, with warnings denied
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## demo: the main job end to end: stack, services, replay, generated load, summary
+## (INPUT=dir replays another folder of submissions; RATE and DURATION_S shape the load)
+demo:
+	@INPUT="$(INPUT)" AREA="$(AREA)" RATE="$(RATE)" DURATION_S="$(DURATION_S)" stack/demo.sh

@@ -16,6 +16,8 @@ source "$lib_dir/kafka.sh"
 source "$lib_dir/postgres.sh"
 # shellcheck source=lib/ferretdb.sh
 source "$lib_dir/ferretdb.sh"
+# shellcheck source=lib/services.sh
+source "$lib_dir/services.sh"
 
 print_logs() {
     say "logs are in $STACK_LOG_DIR:"
@@ -35,6 +37,9 @@ stack_up() {
 }
 
 stack_down() {
+    # The demo's services go first, while Kafka and the store can still take their last
+    # commits and writes.
+    services_down
     # Stop FerretDB before PostgreSQL, so that it does not lose its backend
     # while it still serves requests.
     ferretdb_down
@@ -44,6 +49,7 @@ stack_down() {
 }
 
 stack_status() {
+    services_status
     kafka_status
     ferretdb_status
     postgres_status

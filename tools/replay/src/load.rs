@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use geo::InteriorPoint;
 use tokio::sync::Semaphore;
 
 use crate::client::{GatewayClient, Outcome};
 use crate::generate::{self, Generated, Generator, Kind, ProjectPlan};
+use crate::geofences::{self, Fence, read_geofences};
 use crate::ledger::{self, Accepted};
 use crate::report::Tally;
 
@@ -249,58 +249,6 @@ fn accepted_ids(format: Format, submissions: &[Generated], outcome: &Outcome) ->
         .collect()
 }
 
-/// A real boundary: its id, GeoJSON geometry, and a point inside it.
-struct Fence {
-    id: String,
-    name: String,
-    geometry: serde_json::Value,
-    interior: [f64; 2],
-}
-
-fn read_geofences(path: &Path) -> anyhow::Result<Vec<Fence>> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read geofences {}; run `make up` to fetch the boundary set",
-            path.display()
-        )
-    })?;
-    let collection: serde_json::Value = serde_json::from_str(&text)?;
-    let features = collection["features"]
-        .as_array()
-        .context("geofences: not a FeatureCollection")?;
-    let mut fences = Vec::new();
-    for (index, feature) in features.iter().enumerate() {
-        let geometry = feature["geometry"].clone();
-        let Ok(parsed) = geojson::Geometry::from_json_value(geometry.clone()) else {
-            continue;
-        };
-        let Ok(shape) = geo_types::Geometry::<f64>::try_from(parsed) else {
-            continue;
-        };
-        let Some(point) = shape.interior_point() else {
-            continue;
-        };
-        let properties = &feature["properties"];
-        let name = ["name", "NAME", "ADMIN", "admin", "name_en"]
-            .iter()
-            .find_map(|key| properties[*key].as_str())
-            .unwrap_or("boundary")
-            .to_owned();
-        fences.push(Fence {
-            id: format!("fence-{index}"),
-            name,
-            geometry,
-            interior: [point.x(), point.y()],
-        });
-    }
-    anyhow::ensure!(
-        fences.len() >= 2,
-        "geofences: need at least two polygons, found {}",
-        fences.len()
-    );
-    Ok(fences)
-}
-
 fn plan_projects(fences: &[Fence], organisations: usize, projects: usize) -> Vec<ProjectPlan> {
     let mut plans = Vec::new();
     for token_index in 0..organisations {
@@ -340,20 +288,7 @@ async fn set_up_projects(
             .iter()
             .find(|fence| fence.interior == plan.inside)
             .context("every plan's inside point comes from a fence")?;
-        let settings = serde_json::json!({
-            "geofences": [{ "id": fence.id, "name": fence.name, "geometry": fence.geometry }],
-        });
-        let route = format!("/v1/projects/{}/settings", plan.project_id);
-        let answer = client
-            .put_json(&route, Bytes::from(settings.to_string()))
-            .await;
-        anyhow::ensure!(
-            answer.accepted(),
-            "setting the geofence of {} failed: {} {}",
-            plan.project_id,
-            answer.status,
-            answer.message()
-        );
+        geofences::assign(client, &plan.project_id, fence).await?;
     }
     println!(
         "load: registered the survey form and a geofence in {} projects",

@@ -11,6 +11,7 @@
 
 mod client;
 mod generate;
+mod geofences;
 mod input;
 mod ledger;
 mod load;

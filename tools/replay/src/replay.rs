@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::Args;
 
 use crate::client::{GatewayClient, Outcome};
+use crate::geofences;
 use crate::input::{self, Item};
 use crate::ledger::{self, Accepted};
 use crate::report::Tally;
@@ -23,6 +25,12 @@ pub struct ReplayArgs {
     /// Enumerator user name sent with OpenRosa submissions.
     #[arg(long, default_value = "enumerator-1")]
     user: String,
+    /// GeoJSON FeatureCollection of real boundaries to take the project's geofence from.
+    #[arg(long, requires = "area")]
+    geofences: Option<PathBuf>,
+    /// Name of the boundary (its `name` property) that becomes the project's geofence.
+    #[arg(long, requires = "geofences")]
+    area: Option<String>,
 }
 
 /// Posts every item and returns whether the gateway answered each one (accepted or
@@ -35,6 +43,16 @@ pub async fn run(
     let mut tally = Tally::default();
     let mut accepted = Vec::new();
     let mut answered_all = true;
+
+    if let (Some(path), Some(area)) = (&args.geofences, &args.area) {
+        let fences = geofences::read_geofences(path)?;
+        let fence = fences
+            .iter()
+            .find(|fence| fence.name.eq_ignore_ascii_case(area))
+            .with_context(|| format!("no boundary named {area} in {}", path.display()))?;
+        geofences::assign(client, &args.project, fence).await?;
+        println!("project {} has the geofence {}", args.project, fence.name);
+    }
 
     for folder in &args.folders {
         println!("replaying {}", folder.display());
