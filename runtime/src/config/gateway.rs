@@ -6,12 +6,94 @@ use serde::{Deserialize, Serialize};
 pub struct GatewayConfig {
     /// Address the HTTP server listens on. Default `127.0.0.1:8080`.
     pub listen_addr: String,
+    /// Largest request body accepted, in bytes, attachments included; larger bodies get 413.
+    /// Also sent to OpenRosa clients as `X-OpenRosa-Accept-Content-Length`, so that they split
+    /// bigger submissions. Default 10485760 (10 MiB).
+    pub max_body_bytes: u64,
+    /// Largest instance XML, XForm or JSON submission accepted, in bytes. Default 2097152
+    /// (2 MiB).
+    pub max_document_bytes: u64,
+    /// Deepest element nesting accepted in an XML document; deeper documents get 400.
+    /// Default 64.
+    pub max_xml_depth: usize,
+    /// Most attachments accepted in one OpenRosa post; more get 413. Default 100.
+    pub max_attachments: usize,
+    /// Most submissions accepted in one JSON batch; more get 413. Default 500.
+    pub max_batch_items: usize,
+    /// How long a record may wait for its Kafka delivery report before the request fails
+    /// with 503, in milliseconds (librdkafka `message.timeout.ms`). Default 10000.
+    pub delivery_timeout_ms: u64,
+    /// Most records the producer queues before it reports the queue full and requests get
+    /// 503 (librdkafka `queue.buffering.max.messages`). Default 100000.
+    pub producer_queue_max_messages: u64,
+    /// Seconds a client is told to wait in `Retry-After` when a submission could not be made
+    /// durable. Default 30.
+    pub retry_after_s: u64,
+    /// How long shutdown waits for in-flight requests before it closes them, in
+    /// milliseconds. Default 20000.
+    pub shutdown_timeout_ms: u64,
+    /// Folder of the local blob store that keeps attachments, created when missing.
+    /// Default `data/blobs`.
+    pub blob_dir: String,
+    /// Project used by `/submission` and by JSON submissions that name none.
+    /// Default `default`.
+    pub default_project: String,
+    /// Entries of the in-memory submission index (the recent instanceIDs and their content
+    /// hashes) kept before the oldest are evicted. Default 100000.
+    pub index_cache_entries: usize,
+    /// MongoDB collection, in the `[mongodb]` database, that keeps the submission index.
+    /// Default `submission_index`.
+    pub index_collection: String,
+    /// How long a submission index lookup in MongoDB may take before the gateway goes on
+    /// with its memory alone, in milliseconds. Default 1000.
+    pub index_timeout_ms: u64,
+    /// Development token, honoured only while the gateway listens on a loopback address;
+    /// it maps to organisation `dev_org_id` and all of its projects. Empty disables it.
+    /// Default `fieldforce-dev-token`.
+    pub dev_token: String,
+    /// Organisation of the development token. Default `demo`.
+    pub dev_org_id: String,
+    /// API tokens, stored as hex SHA-256 digests. Default none.
+    pub tokens: Vec<GatewayToken>,
+}
+
+/// One API token: the digest of the secret and what it grants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayToken {
+    /// Hex SHA-256 of the token (`printf %s TOKEN | sha256sum`).
+    pub sha256: String,
+    /// Organisation every submission sent with this token belongs to.
+    pub org_id: String,
+    /// Projects the token may submit to; empty means every project of the organisation.
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// User name recorded as the submitter when the client sends none.
+    #[serde(default)]
+    pub user: String,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen_addr: "127.0.0.1:8080".to_owned(),
+            max_body_bytes: 10 * 1024 * 1024,
+            max_document_bytes: 2 * 1024 * 1024,
+            max_xml_depth: 64,
+            max_attachments: 100,
+            max_batch_items: 500,
+            delivery_timeout_ms: 10_000,
+            producer_queue_max_messages: 100_000,
+            retry_after_s: 30,
+            shutdown_timeout_ms: 20_000,
+            blob_dir: "data/blobs".to_owned(),
+            default_project: "default".to_owned(),
+            index_cache_entries: 100_000,
+            index_collection: "submission_index".to_owned(),
+            index_timeout_ms: 1_000,
+            dev_token: "fieldforce-dev-token".to_owned(),
+            dev_org_id: "demo".to_owned(),
+            tokens: Vec::new(),
         }
     }
 }
@@ -24,5 +106,72 @@ impl GatewayConfig {
                 self.listen_addr
             ));
         }
+        let positive = [
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_document_bytes", self.max_document_bytes),
+            ("max_xml_depth", self.max_xml_depth as u64),
+            ("max_batch_items", self.max_batch_items as u64),
+            ("delivery_timeout_ms", self.delivery_timeout_ms),
+            (
+                "producer_queue_max_messages",
+                self.producer_queue_max_messages,
+            ),
+            ("index_cache_entries", self.index_cache_entries as u64),
+            ("index_timeout_ms", self.index_timeout_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                problems.push(format!("gateway.{key} must be greater than 0"));
+            }
+        }
+        if self.max_document_bytes > self.max_body_bytes {
+            problems.push(format!(
+                "gateway.max_document_bytes ({}) must not exceed gateway.max_body_bytes ({})",
+                self.max_document_bytes, self.max_body_bytes
+            ));
+        }
+        if self.blob_dir.trim().is_empty() {
+            problems.push("gateway.blob_dir is empty: set a folder for attachments".into());
+        }
+        if self.default_project.trim().is_empty() {
+            problems.push("gateway.default_project is empty".into());
+        }
+        if self.index_collection.trim().is_empty() {
+            problems.push("gateway.index_collection is empty".into());
+        }
+        if !self.dev_token.is_empty() && self.dev_org_id.trim().is_empty() {
+            problems.push("gateway.dev_org_id is empty while gateway.dev_token is set".into());
+        }
+        for (position, token) in self.tokens.iter().enumerate() {
+            let is_digest =
+                token.sha256.len() == 64 && token.sha256.chars().all(|c| c.is_ascii_hexdigit());
+            if !is_digest {
+                problems.push(format!(
+                    "gateway.tokens[{position}].sha256 must be 64 hex digits (the SHA-256 of the token)"
+                ));
+            }
+            if token.org_id.trim().is_empty() {
+                problems.push(format!("gateway.tokens[{position}].org_id is empty"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_rejects_bad_token_digest() {
+        let mut config = GatewayConfig::default();
+        config.tokens.push(GatewayToken {
+            sha256: "abc".into(),
+            org_id: String::new(),
+            projects: Vec::new(),
+            user: String::new(),
+        });
+        let mut problems = Vec::new();
+        config.validate(&mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 }

@@ -25,7 +25,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-pub use gateway::GatewayConfig;
+pub use gateway::{GatewayConfig, GatewayToken};
 pub use kafka::KafkaConfig;
 pub use mongodb::MongoConfig;
 pub use processors::ProcessorsConfig;

@@ -1,0 +1,430 @@
+//! The submission index: for each `(org, instanceID)` already accepted, the content hash,
+//! the root submission id, the revision and the stored attachments. It decides whether a
+//! post is a resend, a conflict, an edit or a split upload.
+//!
+//! A bounded in-memory map sits in front of a persistent [`IndexStore`] (MongoDB in
+//! production): a miss reads the store, and accepted entries are written behind in small
+//! batches after their delivery report. When the store is unreachable the gateway warns and
+//! goes on with memory alone; the sink stays the final arbiter, since it keeps the highest
+//! revision and ignores identical duplicates.
+//!
+//! NOTE: the per-key lock is per process. Two gateway replicas that receive the same
+//! instanceID at the same instant can both produce it; the sink then drops the duplicate.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bson::{Document, doc};
+use fieldforce_schemas::submission::Attachment;
+use futures::future::BoxFuture;
+use mongodb::Collection;
+use tokio::sync::{OwnedMutexGuard, mpsc};
+
+/// Entries the write-behind task stores in one round.
+const WRITE_BATCH: usize = 100;
+/// Entries waiting for the write-behind task before new ones are dropped from it (the
+/// in-memory map still holds them).
+const WRITE_QUEUE: usize = 10_000;
+/// How long the store is left alone after a failure.
+const STORE_BACKOFF: Duration = Duration::from_secs(10);
+/// Least time between two warnings about the store.
+const WARN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the gateway remembers of an accepted instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Hex SHA-256 of the instance's content.
+    pub content_sha256: String,
+    /// Submission id of the original this instance is a version of: the Kafka key.
+    pub root_id: String,
+    /// Revision produced for this instance.
+    pub revision: u32,
+    /// Attachments stored for this instance so far.
+    pub attachments: Vec<Attachment>,
+}
+
+/// The persistent store could not be read or written; the gateway goes on with memory.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexStoreError {
+    /// The database request failed.
+    #[error("submission index request failed: {0}")]
+    Database(#[from] mongodb::error::Error),
+    /// A stored entry does not have the expected shape.
+    #[error("submission index entry {key} is invalid: {reason}")]
+    Invalid {
+        /// Entry key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The request did not finish in time.
+    #[error("submission index request timed out")]
+    TimedOut,
+}
+
+/// The persistent side of the index.
+pub trait IndexStore: Send + Sync {
+    /// Reads one entry by its `org/instanceID` key.
+    fn load<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<IndexEntry>, IndexStoreError>>;
+    /// Writes entries, replacing older ones with the same key.
+    fn save<'a>(
+        &'a self,
+        entries: &'a [(String, IndexEntry)],
+    ) -> BoxFuture<'a, Result<(), IndexStoreError>>;
+}
+
+/// The index in a MongoDB collection, one document per `org/instanceID`.
+#[derive(Debug, Clone)]
+pub struct MongoIndexStore {
+    collection: Collection<Document>,
+}
+
+impl MongoIndexStore {
+    /// Uses the given collection.
+    pub fn new(collection: Collection<Document>) -> Self {
+        Self { collection }
+    }
+}
+
+impl IndexStore for MongoIndexStore {
+    fn load<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<IndexEntry>, IndexStoreError>> {
+        Box::pin(async move {
+            let Some(document) = self.collection.find_one(doc! { "_id": key }).await? else {
+                return Ok(None);
+            };
+            entry_from_document(key, &document).map(Some)
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        entries: &'a [(String, IndexEntry)],
+    ) -> BoxFuture<'a, Result<(), IndexStoreError>> {
+        Box::pin(async move {
+            for (key, entry) in entries {
+                let document = entry_to_document(key, entry)?;
+                self.collection
+                    .replace_one(doc! { "_id": key }, document)
+                    .upsert(true)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn entry_to_document(key: &str, entry: &IndexEntry) -> Result<Document, IndexStoreError> {
+    let attachments =
+        bson::to_bson(&entry.attachments).map_err(|error| IndexStoreError::Invalid {
+            key: key.to_owned(),
+            reason: error.to_string(),
+        })?;
+    Ok(doc! {
+        "_id": key,
+        "sha256": &entry.content_sha256,
+        "root_id": &entry.root_id,
+        "revision": i64::from(entry.revision),
+        "attachments": attachments,
+        "received_at": bson::DateTime::now(),
+    })
+}
+
+fn entry_from_document(key: &str, document: &Document) -> Result<IndexEntry, IndexStoreError> {
+    let invalid = |reason: String| IndexStoreError::Invalid {
+        key: key.to_owned(),
+        reason,
+    };
+    let text = |field: &str| {
+        document
+            .get_str(field)
+            .map(str::to_owned)
+            .map_err(|error| invalid(format!("{field}: {error}")))
+    };
+    let revision = match document.get("revision") {
+        Some(bson::Bson::Int32(value)) => i64::from(*value),
+        Some(bson::Bson::Int64(value)) => *value,
+        Some(bson::Bson::Double(value)) => *value as i64,
+        other => return Err(invalid(format!("revision: {other:?}"))),
+    };
+    let attachments = match document.get("attachments") {
+        Some(value) => {
+            bson::from_bson(value.clone()).map_err(|error| invalid(error.to_string()))?
+        }
+        None => Vec::new(),
+    };
+    Ok(IndexEntry {
+        content_sha256: text("sha256")?,
+        root_id: text("root_id")?,
+        revision: u32::try_from(revision).map_err(|error| invalid(error.to_string()))?,
+        attachments,
+    })
+}
+
+/// A map capped at a number of entries that evicts the oldest inserted first.
+#[derive(Debug, Default)]
+struct BoundedMap {
+    entries: HashMap<String, IndexEntry>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl BoundedMap {
+    fn insert(&mut self, key: String, entry: IndexEntry) {
+        if self.entries.insert(key.clone(), entry).is_none() {
+            self.order.push_back(key);
+        }
+        while self.entries.len() > self.capacity {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+    }
+}
+
+/// Logs a repeated warning at most once per interval, with the count of those left out.
+#[derive(Debug, Default)]
+struct WarnLimiter {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl WarnLimiter {
+    fn warn(&self, error: &IndexStoreError, action: &str) {
+        let mut state = self
+            .state
+            .lock()
+            .expect("warn limiter lock is never poisoned");
+        let now = Instant::now();
+        if state
+            .0
+            .is_some_and(|last| now.duration_since(last) < WARN_INTERVAL)
+        {
+            state.1 += 1;
+            return;
+        }
+        tracing::warn!(%error, action, suppressed = state.1, "submission index store unavailable, using memory only");
+        *state = (Some(now), 0);
+    }
+}
+
+/// The submission index shared by every request.
+pub struct SubmissionIndex {
+    cache: Mutex<BoundedMap>,
+    store: Option<Arc<dyn IndexStore>>,
+    timeout: Duration,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    store_down_until: Mutex<Option<Instant>>,
+    writes: Mutex<Option<mpsc::Sender<(String, IndexEntry)>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    warnings: Arc<WarnLimiter>,
+}
+
+impl SubmissionIndex {
+    /// Creates the index with an optional persistent store and starts its write-behind task.
+    pub fn new(store: Option<Arc<dyn IndexStore>>, capacity: usize, timeout: Duration) -> Self {
+        let warnings = Arc::new(WarnLimiter::default());
+        let (sender, writer) = match &store {
+            Some(store) => {
+                let (sender, receiver) = mpsc::channel(WRITE_QUEUE);
+                let task = tokio::spawn(write_behind(store.clone(), receiver, warnings.clone()));
+                (Some(sender), Some(task))
+            }
+            None => (None, None),
+        };
+        Self {
+            cache: Mutex::new(BoundedMap {
+                capacity,
+                ..BoundedMap::default()
+            }),
+            store,
+            timeout,
+            locks: Mutex::new(HashMap::new()),
+            store_down_until: Mutex::new(None),
+            writes: Mutex::new(sender),
+            writer: Mutex::new(writer),
+            warnings,
+        }
+    }
+
+    /// Builds the key of an instance.
+    pub fn key(org_id: &str, instance_id: &str) -> String {
+        format!("{org_id}/{instance_id}")
+    }
+
+    /// Locks one key until the guard drops, so that two posts of the same instance are
+    /// decided one after the other.
+    pub async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self
+                .locks
+                .lock()
+                .expect("index lock table is never poisoned");
+            // Entries only the table refers to belong to finished requests.
+            if locks.len() > 1024 {
+                locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            }
+            locks.entry(key.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Looks a key up in memory, then in the store.
+    pub async fn get(&self, key: &str) -> Option<IndexEntry> {
+        if let Some(entry) = self.cached(key) {
+            return Some(entry);
+        }
+        let store = self.store.as_ref()?;
+        if self.store_backing_off() {
+            return None;
+        }
+        let result = match tokio::time::timeout(self.timeout, store.load(key)).await {
+            Ok(result) => result,
+            Err(_) => Err(IndexStoreError::TimedOut),
+        };
+        match result {
+            Ok(Some(entry)) => {
+                self.remember(key.to_owned(), entry.clone());
+                Some(entry)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                self.back_off();
+                self.warnings.warn(&error, "load");
+                None
+            }
+        }
+    }
+
+    /// Records an accepted instance in memory and queues it for the store.
+    pub fn insert(&self, key: String, entry: IndexEntry) {
+        self.remember(key.clone(), entry.clone());
+        let writes = self
+            .writes
+            .lock()
+            .expect("index writer lock is never poisoned");
+        if let Some(sender) = writes.as_ref()
+            && sender.try_send((key, entry)).is_err()
+        {
+            tracing::warn!("submission index write queue full, entry kept in memory only");
+        }
+    }
+
+    /// Stops taking writes and waits for the queued ones to reach the store.
+    pub async fn flush(&self, deadline: Duration) {
+        drop(
+            self.writes
+                .lock()
+                .expect("index writer lock is never poisoned")
+                .take(),
+        );
+        let writer = self
+            .writer
+            .lock()
+            .expect("index writer lock is never poisoned")
+            .take();
+        if let Some(writer) = writer
+            && tokio::time::timeout(deadline, writer).await.is_err()
+        {
+            tracing::warn!("submission index writes not finished before the shutdown deadline");
+        }
+    }
+
+    fn cached(&self, key: &str) -> Option<IndexEntry> {
+        let cache = self
+            .cache
+            .lock()
+            .expect("index cache lock is never poisoned");
+        cache.entries.get(key).cloned()
+    }
+
+    fn remember(&self, key: String, entry: IndexEntry) {
+        let mut cache = self
+            .cache
+            .lock()
+            .expect("index cache lock is never poisoned");
+        cache.insert(key, entry);
+    }
+
+    fn store_backing_off(&self) -> bool {
+        let until = self
+            .store_down_until
+            .lock()
+            .expect("index backoff lock is never poisoned");
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn back_off(&self) {
+        let mut until = self
+            .store_down_until
+            .lock()
+            .expect("index backoff lock is never poisoned");
+        *until = Some(Instant::now() + STORE_BACKOFF);
+    }
+}
+
+async fn write_behind(
+    store: Arc<dyn IndexStore>,
+    mut receiver: mpsc::Receiver<(String, IndexEntry)>,
+    warnings: Arc<WarnLimiter>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while receiver.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if let Err(error) = store.save(&batch).await {
+            warnings.warn(&error, "save");
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(revision: u32) -> IndexEntry {
+        IndexEntry {
+            content_sha256: "00".into(),
+            root_id: "root".into(),
+            revision,
+            attachments: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn bounded_map_evicts_oldest() {
+        let mut map = BoundedMap {
+            capacity: 2,
+            ..BoundedMap::default()
+        };
+        map.insert("a".into(), entry(0));
+        map.insert("b".into(), entry(0));
+        map.insert("a".into(), entry(1));
+        map.insert("c".into(), entry(0));
+        assert!(!map.entries.contains_key("a"));
+        assert!(map.entries.contains_key("b"));
+        assert!(map.entries.contains_key("c"));
+    }
+
+    #[test]
+    fn document_round_trips() {
+        let mut original = entry(3);
+        original.attachments.push(Attachment {
+            name: "fîlé😂.jpg".into(),
+            size_bytes: 0,
+            sha256: "e3".into(),
+            content_type: "image/jpeg".into(),
+            blob_uri: "file:///x".into(),
+        });
+        let document = entry_to_document("org/uuid:1", &original).unwrap();
+        assert_eq!(
+            entry_from_document("org/uuid:1", &document).unwrap(),
+            original
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! The `fieldforce-gateway` binary: loads the configuration, binds `gateway.listen_addr` and
+//! runs the gateway until SIGINT or SIGTERM.
+
+use anyhow::Context;
+use fieldforce_runtime::config::Config;
+use fieldforce_runtime::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::load_from_env()?;
+    telemetry::init(&config.telemetry);
+    let listener = tokio::net::TcpListener::bind(&config.gateway.listen_addr)
+        .await
+        .with_context(|| format!("binding {} failed", config.gateway.listen_addr))?;
+    fieldforce_gateway::run(config, listener, shutdown::on_signals()).await?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The gateway's Prometheus metrics, declared once. Labels take values only from the fixed
+//! lists below, never from ids, users or devices.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label of request counters: the endpoint (`openrosa`, `openrosa_head`, `json`,
+/// `json_batch`, `forms`, `settings`, `health`, `metrics`, `unknown`) and the status class
+/// (`2xx`, `4xx`, `5xx`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Endpoint name.
+    pub endpoint: &'static str,
+    /// Status class.
+    pub status: &'static str,
+}
+
+/// Label of acceptance counters: the source (`openrosa`, `json`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// Submission source.
+    pub source: &'static str,
+}
+
+/// Label of rejection counters: the reason code of [`crate::error::GatewayError::reason`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Rejection reason.
+    pub reason: &'static str,
+}
+
+/// Every gateway metric.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    accepted: Family<SourceLabels, Counter>,
+    rejections: Family<ReasonLabels, Counter>,
+    produce_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "fieldforce_gateway_requests",
+            "HTTP requests by endpoint and status class",
+            requests.clone(),
+        );
+        let accepted = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "fieldforce_gateway_submissions_accepted",
+            "Submissions made durable in Kafka, resends excluded",
+            accepted.clone(),
+        );
+        let rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "fieldforce_gateway_rejections",
+            "Requests answered with an error, by reason",
+            rejections.clone(),
+        );
+        // From 0.5 ms up to about 16 s, doubling.
+        let produce_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "fieldforce_gateway_produce_latency_seconds",
+            "Time from producing a record to its delivery report",
+            produce_latency.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            accepted,
+            rejections,
+            produce_latency,
+        }
+    }
+
+    /// Counts a finished request.
+    pub fn request(&self, endpoint: &'static str, status: u16) {
+        let status = match status {
+            200..=299 => "2xx",
+            300..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, status })
+            .inc();
+    }
+
+    /// Counts a submission made durable.
+    pub fn accepted(&self, source: &'static str) {
+        self.accepted.get_or_create(&SourceLabels { source }).inc();
+    }
+
+    /// Counts a rejection.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Records the time a record took to be acknowledged.
+    pub fn produce_latency(&self, elapsed: Duration) {
+        self.produce_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Renders the text exposition format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
