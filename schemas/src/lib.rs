@@ -16,6 +16,7 @@
 
 #![deny(missing_docs)]
 
+pub mod avro;
 pub mod codec;
 pub mod form;
 pub mod headers;
