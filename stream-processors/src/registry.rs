@@ -108,7 +108,9 @@ impl<T: Contract + Send + Sync + 'static> CompactedReader<T> {
         mut shutdown: Shutdown,
     ) -> Result<Self, ProcessorError> {
         let consumer: StreamConsumer = base_config(kafka)
-            // No group: the reader assigns partitions itself and never commits.
+            // The reader assigns partitions itself and never joins or commits to this group;
+            // librdkafka still wants a group id before it accepts an assignment.
+            .set("group.id", "fieldforce-compacted-reader")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .create()?;
@@ -197,7 +199,27 @@ impl<T: Contract + Send + Sync + 'static> CompactedReader<T> {
     }
 }
 
+/// Reads the low and high watermark of every partition, retrying while the topic's leaders
+/// are still being elected (a topic created moments ago answers `NotLeaderForPartition`).
 fn end_offsets(
+    consumer: &StreamConsumer,
+    topic: &str,
+) -> Result<Vec<(i32, (i64, i64))>, ProcessorError> {
+    let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+    loop {
+        match try_end_offsets(consumer, topic) {
+            Ok(ends) if !ends.is_empty() => return Ok(ends),
+            Ok(_) if std::time::Instant::now() < deadline => {}
+            Err(error) if std::time::Instant::now() < deadline => {
+                tracing::debug!(topic, %error, "watermarks not available yet, retrying");
+            }
+            other => return other,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn try_end_offsets(
     consumer: &StreamConsumer,
     topic: &str,
 ) -> Result<Vec<(i32, (i64, i64))>, ProcessorError> {
