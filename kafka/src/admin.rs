@@ -6,6 +6,7 @@ use fieldforce_runtime::config::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::metadata::Metadata;
 use rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists;
 
 use crate::catalog::Catalog;
@@ -55,15 +56,12 @@ pub async fn apply(
 
     for spec in &catalog.topics {
         let name = kafka.topic(&spec.name);
-        match metadata.topics().iter().find(|topic| topic.name() == name) {
-            Some(existing) => {
-                let partitions = existing.partitions().len() as i32;
-                if partitions != spec.partitions {
-                    report.drift.push(format!(
-                        "{name}: {partitions} partitions, catalog says {}",
-                        spec.partitions
-                    ));
+        match partition_count(&metadata, &name) {
+            Some(mut partitions) => {
+                if partitions == 0 {
+                    partitions = wait_for_partitions(&admin, &name).await?;
                 }
+                check_partitions(&name, partitions, spec.partitions, &mut report);
                 report.existing.push(name);
             }
             None => missing.push((name, spec)),
@@ -91,13 +89,20 @@ pub async fn apply(
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let mut raced = Vec::new();
         for result in admin.create_topics(&new_topics, &options).await? {
             match result {
                 Ok(topic) => report.created.push(topic),
-                // Another process created it between our metadata read and the request.
-                Err((topic, TopicAlreadyExists)) => report.existing.push(topic),
+                // Created by another process after our metadata read, or so recently that the
+                // metadata did not show it yet: check it against the catalog like the others.
+                Err((topic, TopicAlreadyExists)) => raced.push(topic),
                 Err((topic, code)) => return Err(AdminError::Create { topic, code }),
             }
+        }
+        for (name, spec) in missing.iter().filter(|(name, _)| raced.contains(name)) {
+            let partitions = wait_for_partitions(&admin, name).await?;
+            check_partitions(name, partitions, spec.partitions, &mut report);
+            report.existing.push(name.clone());
         }
     } else {
         report.drift.extend(
@@ -107,4 +112,38 @@ pub async fn apply(
         );
     }
     Ok(report)
+}
+
+/// Returns the partition count of a topic that exists, waiting for the broker's metadata to
+/// show it: a topic created a moment ago can be missing from it or have no partitions yet.
+async fn wait_for_partitions(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<i32, AdminError> {
+    let mut last = 0;
+    for _ in 0..50 {
+        let metadata = admin.inner().fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
+        last = partition_count(&metadata, topic).unwrap_or(0);
+        if last > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(last)
+}
+
+fn partition_count(metadata: &Metadata, topic: &str) -> Option<i32> {
+    metadata
+        .topics()
+        .iter()
+        .find(|candidate| candidate.name() == topic)
+        .map(|found| found.partitions().len() as i32)
+}
+
+fn check_partitions(topic: &str, found: i32, expected: i32, report: &mut ApplyReport) {
+    if found != expected {
+        report.drift.push(format!(
+            "{topic}: {found} partitions, catalog says {expected}"
+        ));
+    }
 }
