@@ -12,9 +12,11 @@ STACK := stack/stack.sh
 
 .PHONY: up down status logs clean-stack test lint demo
 
-## up: install what is missing, start Kafka and FerretDB, wait until both answer
+## up: install what is missing, start Kafka and FerretDB, wait until both answer, and
+## create the topics of the catalog (kafka/topics.toml) that are missing
 up:
 	@$(STACK) up
+	@$(CARGO) run --quiet -p fieldforce-kafka --bin fieldforce-topics -- apply
 
 ## down: stop every stack process started from this checkout
 down:

@@ -31,6 +31,8 @@ stack_up() {
     # Reject an invalid backend before spending time on Kafka.
     store_backend >/dev/null
     ensure_dirs
+    # kcat is how partner systems are played in the tests: a plain Kafka client, not ours.
+    command -v kcat >/dev/null || require_debian_package kcat "kcat is the partner-side Kafka client of the tests"
     kafka_up
     ferretdb_up
     print_logs
