@@ -24,9 +24,10 @@ async fn kafka_keeps_records_of_idempotent_producer() {
     let config = Config::load(None).expect("configuration loads");
     let topic = format!("test-stack-{}", uuid::Uuid::new_v4());
 
-    let admin: AdminClient<DefaultClientContext> = fieldforce_kafka::client::base_config(&config.kafka)
-        .create()
-        .expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        fieldforce_kafka::client::base_config(&config.kafka)
+            .create()
+            .expect("admin client");
     let created = admin
         .create_topics(
             &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
@@ -34,7 +35,11 @@ async fn kafka_keeps_records_of_idempotent_producer() {
         )
         .await
         .expect("Kafka answers on 127.0.0.1:9092; run `make up` if it does not");
-    assert!(created[0].is_ok(), "topic creation failed: {:?}", created[0]);
+    assert!(
+        created[0].is_ok(),
+        "topic creation failed: {:?}",
+        created[0]
+    );
 
     let producer: FutureProducer = producer_config(&config.kafka).create().expect("producer");
     for index in 0..RECORDS {
@@ -67,15 +72,22 @@ async fn kafka_keeps_records_of_idempotent_producer() {
     }
 
     received.sort();
-    let mut expected: Vec<String> = (0..RECORDS).map(|index| format!("payload-{index}")).collect();
+    let mut expected: Vec<String> = (0..RECORDS)
+        .map(|index| format!("payload-{index}"))
+        .collect();
     expected.sort();
-    assert_eq!(received, expected, "every record once, none lost or doubled");
+    assert_eq!(
+        received, expected,
+        "every record once, none lost or doubled"
+    );
 }
 
 #[tokio::test]
 async fn mongodb_unique_index_rejects_duplicate() {
     let config = Config::load(None).expect("configuration loads");
-    let client = Client::with_uri_str(&config.mongodb.uri).await.expect("client");
+    let client = Client::with_uri_str(&config.mongodb.uri)
+        .await
+        .expect("client");
     let database = client.database(&format!("test_stack_{}", uuid::Uuid::new_v4().simple()));
 
     let build_info = database
