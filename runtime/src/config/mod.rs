@@ -29,7 +29,7 @@ pub use gateway::{GatewayConfig, GatewayToken};
 pub use kafka::KafkaConfig;
 pub use mongodb::MongoConfig;
 pub use processors::ProcessorsConfig;
-pub use sink::SinkConfig;
+pub use sink::{MONGODB_MAX_DOCUMENT_BYTES, SinkConfig};
 
 /// Prefix of every environment variable read as configuration.
 pub const ENV_PREFIX: &str = "FIELDFORCE_";

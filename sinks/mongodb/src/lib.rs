@@ -1,3 +1,104 @@
-//! The MongoDB sink: batched bulk writes, idempotent, offsets moved only after the store acknowledges.
+//! The MongoDB sink: reads processed submissions from Kafka and writes one document per
+//! submission into MongoDB with batched, idempotent bulk writes, moving a partition's offset
+//! only after the store acknowledged every document before it.
+//!
+//! - [`document`]: the stored shape of a submission.
+//! - [`store`]: the collection, its indexes, and the idempotent write of a batch.
+//! - [`sink`]: the loop that batches, writes, retries, dead-letters and stores offsets.
+//! - [`consumer`]: rebalance callbacks and offset storing.
+//! - [`metrics`] and [`admin`]: `/metrics` and `/healthz`.
+//! - [`error`]: failures that stop the sink, and the dead-letter reason codes.
 
 #![deny(missing_docs)]
+
+pub mod admin;
+pub mod consumer;
+pub mod document;
+pub mod error;
+pub mod metrics;
+pub mod sink;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fieldforce_kafka::catalog::{SUBMISSIONS_DEADLETTER, SUBMISSIONS_PROCESSED};
+use fieldforce_kafka::client::{consumer_config, producer_config};
+use fieldforce_runtime::config::Config;
+use fieldforce_runtime::shutdown::Shutdown;
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+
+pub use error::SinkError;
+
+/// Consumer group of the sink.
+pub const GROUP_ID: &str = "fieldforce-sink";
+
+/// Runs the sink until `shutdown` fires, then drains the open batch and commits.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), SinkError> {
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::new(&mut registry);
+    let listener = tokio::net::TcpListener::bind(&config.sink.admin_listen_addr)
+        .await
+        .map_err(|source| SinkError::AdminBind {
+            address: config.sink.admin_listen_addr.clone(),
+            source,
+        })?;
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "admin server listening");
+    }
+    tokio::spawn(admin::serve(listener, Arc::new(registry), shutdown.clone()));
+
+    let store = store::Store::connect(&config.mongodb, &config.sink).await?;
+    if !ensure_indexes(&store, &config, &shutdown).await {
+        return Ok(());
+    }
+
+    let mut client_config = consumer_config(&config.kafka, GROUP_ID);
+    // Caps what librdkafka prefetches per partition, so that memory stays flat while a
+    // backlog drains or while the partitions are paused during a store outage.
+    client_config.set("queued.max.messages.kbytes", "16384");
+    let consumer: StreamConsumer<consumer::SinkContext> =
+        client_config.create_with_context(consumer::SinkContext::default())?;
+    let topic = config.kafka.topic(SUBMISSIONS_PROCESSED);
+    consumer.subscribe(&[&topic])?;
+    let producer: FutureProducer = producer_config(&config.kafka).create()?;
+    tracing::info!(
+        topic,
+        group = GROUP_ID,
+        database = config.mongodb.database,
+        "sink started"
+    );
+
+    sink::SinkLoop::new(
+        consumer,
+        producer,
+        store,
+        metrics,
+        config.sink.clone(),
+        config.kafka.topic(SUBMISSIONS_DEADLETTER),
+        shutdown,
+    )
+    .run()
+    .await;
+    Ok(())
+}
+
+/// Creates the indexes, retrying while the store is unreachable. Returns false when shutdown
+/// started first.
+async fn ensure_indexes(store: &store::Store, config: &Config, shutdown: &Shutdown) -> bool {
+    let mut backoff = Duration::from_millis(config.sink.retry_initial_backoff_ms);
+    let mut shutdown = shutdown.clone();
+    loop {
+        match store.ensure_indexes().await {
+            Ok(()) => return true,
+            Err(error) => tracing::warn!(%error, "store unreachable at start, retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return false,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_millis(config.sink.retry_max_backoff_ms));
+    }
+}

@@ -1,0 +1,13 @@
+//! The `fieldforce-sink` service: loads the configuration and runs the MongoDB sink until
+//! SIGINT or SIGTERM.
+
+use fieldforce_runtime::config::Config;
+use fieldforce_runtime::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::load_from_env()?;
+    telemetry::init(&config.telemetry);
+    fieldforce_sink_mongodb::run(config, shutdown::on_signals()).await?;
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! The sink's loop: read processed submissions, batch them by count, bytes and linger time,
+//! write each batch, dead-letter what can never be stored, and store offsets only for records
+//! whose output is durable.
+//!
+//! A transient failure pauses the assigned partitions and retries the same batch with capped
+//! exponential backoff; the consumer keeps polling meanwhile so that the group does not evict
+//! it. No ticket is completed, and so no offset moves, before the store acknowledged the
+//! batch (or Kafka acknowledged the dead-letter).
+
+use std::time::Duration;
+
+use fieldforce_kafka::dead_letter::{DeadLetterReason, dead_letter_record};
+use fieldforce_kafka::offsets::Ticket;
+use fieldforce_runtime::config::SinkConfig;
+use fieldforce_runtime::shutdown::Shutdown;
+use fieldforce_schemas::codec::decode;
+use fieldforce_schemas::submission::ProcessedSubmission;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::time::Instant;
+
+use crate::consumer::{SinkContext, complete};
+use crate::document::{StoredDocument, to_document};
+use crate::error::{REASON_INVALID_DOCUMENT, REASON_REJECTED_BY_STORE, REASON_UNDECODABLE};
+use crate::metrics::{Metrics, ReasonLabel};
+use crate::store::{DocumentOutcome, Store};
+
+/// Stage name written on the sink's dead-letters.
+const STAGE: &str = "sink";
+
+/// How long a dead-letter may wait for Kafka's acknowledgement before it is retried.
+const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A record read and converted, waiting for its batch to be written.
+struct Pending {
+    ticket: Ticket,
+    document: StoredDocument,
+    /// Kept for a dead-letter if the store rejects the document.
+    message: OwnedMessage,
+}
+
+#[derive(Default)]
+struct Batch {
+    entries: Vec<Pending>,
+    bytes: usize,
+    /// When the batch must be written even if it is not full.
+    deadline: Option<Instant>,
+}
+
+/// Why a batch was left unwritten.
+enum Abandoned {
+    /// Shutdown started while the batch was being retried.
+    Shutdown,
+    /// The drain deadline passed.
+    Deadline,
+}
+
+/// The running sink: consumer, store, dead-letter producer and the open batch.
+pub struct SinkLoop {
+    pub(crate) consumer: StreamConsumer<SinkContext>,
+    pub(crate) producer: FutureProducer,
+    pub(crate) store: Store,
+    pub(crate) metrics: Metrics,
+    pub(crate) config: SinkConfig,
+    pub(crate) dead_letter_topic: String,
+    pub(crate) shutdown: Shutdown,
+    batch: Batch,
+    paused: bool,
+}
+
+impl SinkLoop {
+    /// Assembles the loop from its parts.
+    pub(crate) fn new(
+        consumer: StreamConsumer<SinkContext>,
+        producer: FutureProducer,
+        store: Store,
+        metrics: Metrics,
+        config: SinkConfig,
+        dead_letter_topic: String,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            consumer,
+            producer,
+            store,
+            metrics,
+            config,
+            dead_letter_topic,
+            shutdown,
+            batch: Batch::default(),
+            paused: false,
+        }
+    }
+
+    /// Runs until shutdown, then writes the open batch within the drain deadline and commits.
+    pub async fn run(mut self) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let linger = self.batch.deadline;
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => break,
+                _ = sleep_until_some(linger) => {
+                    if let Err(Abandoned::Shutdown | Abandoned::Deadline) = self.flush(None).await {
+                        break;
+                    }
+                }
+                message = self.consumer.recv() => {
+                    self.accept(message.map(|message| message.detach())).await;
+                    if self.batch_full() && self.flush(None).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+
+        let drain_deadline =
+            Instant::now() + Duration::from_millis(self.config.shutdown_drain_timeout_ms);
+        if !self.batch.entries.is_empty() && self.flush(Some(drain_deadline)).await.is_err() {
+            tracing::warn!(
+                documents = self.batch.entries.len(),
+                "open batch not written before the drain deadline, it will be read again"
+            );
+        }
+        crate::consumer::commit_sync(&self.consumer, "shutdown");
+        tracing::info!("sink stopped");
+    }
+
+    fn batch_full(&self) -> bool {
+        self.batch.entries.len() >= self.config.batch_max_documents
+            || self.batch.bytes >= self.config.batch_max_bytes
+    }
+
+    /// Starts a record: adds its document to the open batch, or dead-letters it when it can
+    /// never become one.
+    async fn accept(&mut self, message: KafkaResult<OwnedMessage>) {
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                // librdkafka reports broker and fetch errors here and recovers by itself.
+                tracing::warn!(%error, "kafka consumer error");
+                return;
+            }
+        };
+        let ticket = self.consumer.context().tracker().start(
+            (message.topic().to_owned(), message.partition()),
+            message.offset(),
+        );
+
+        let decoded = match message.payload() {
+            Some(payload) => decode::<ProcessedSubmission>(payload).map_err(|e| e.to_string()),
+            None => Err("record has no value".to_owned()),
+        };
+        let processed = match decoded {
+            Ok(processed) => processed,
+            Err(detail) => {
+                if self.dead_letter(&message, REASON_UNDECODABLE, detail).await {
+                    complete(&self.consumer, [&ticket]);
+                }
+                return;
+            }
+        };
+        let document = match to_document(&processed, self.config.max_document_bytes) {
+            Ok(document) => document,
+            Err(error) => {
+                let code = error.reason_code();
+                if self.dead_letter(&message, code, error.to_string()).await {
+                    complete(&self.consumer, [&ticket]);
+                }
+                return;
+            }
+        };
+
+        if self.batch.entries.is_empty() {
+            self.batch.deadline =
+                Some(Instant::now() + Duration::from_millis(self.config.batch_linger_ms));
+        }
+        self.batch.bytes += document.size_bytes();
+        self.batch.entries.push(Pending {
+            ticket,
+            document,
+            message,
+        });
+    }
+
+    /// Writes the open batch, retrying transient failures until it is written, shutdown
+    /// starts (when `deadline` is `None`) or the deadline passes. An abandoned batch is put
+    /// back as the open batch, so the drain can try it once more.
+    async fn flush(&mut self, deadline: Option<Instant>) -> Result<(), Abandoned> {
+        let batch = std::mem::take(&mut self.batch);
+        let documents: Vec<StoredDocument> = batch
+            .entries
+            .iter()
+            .map(|entry| entry.document.clone())
+            .collect();
+        self.metrics.batch_documents.observe(documents.len() as f64);
+
+        let mut backoff = Duration::from_millis(self.config.retry_initial_backoff_ms);
+        let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
+        let outcomes = loop {
+            let started = std::time::Instant::now();
+            let result = self.store.write(&documents).await;
+            self.metrics
+                .write_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let error = match result {
+                Ok(outcomes) => break outcomes,
+                Err(error) => error,
+            };
+
+            self.metrics.write_retries.inc();
+            tracing::warn!(
+                %error,
+                documents = documents.len(),
+                backoff_ms = backoff.as_millis() as u64,
+                "bulk write failed, retrying"
+            );
+            self.pause();
+            if let Err(reason) = self.wait_before_retry(backoff, deadline).await {
+                self.restore(batch);
+                return Err(reason);
+            }
+            backoff = (backoff * 2).min(max_backoff);
+        };
+
+        self.settle(batch, outcomes).await;
+        self.resume();
+        Ok(())
+    }
+
+    /// Sleeps for the backoff while still polling the consumer, so that the group keeps the
+    /// consumer and rebalances are served. Records that arrive anyway (fetched before the
+    /// pause) go into the next batch.
+    async fn wait_before_retry(
+        &mut self,
+        backoff: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<(), Abandoned> {
+        let wake = Instant::now() + backoff;
+        if deadline.is_some_and(|deadline| wake > deadline) {
+            return Err(Abandoned::Deadline);
+        }
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait(), if deadline.is_none() => return Err(Abandoned::Shutdown),
+                _ = tokio::time::sleep_until(wake) => return Ok(()),
+                message = self.consumer.recv() => {
+                    let message = message.map(|message| message.detach());
+                    self.accept(message).await;
+                }
+            }
+        }
+    }
+
+    /// Puts an abandoned batch back in front of the records read since.
+    fn restore(&mut self, mut batch: Batch) {
+        let newer = std::mem::take(&mut self.batch);
+        batch.bytes += newer.bytes;
+        batch.entries.extend(newer.entries);
+        self.batch = batch;
+    }
+
+    /// Dead-letters the rejected documents, then completes every ticket of the batch.
+    async fn settle(&mut self, batch: Batch, outcomes: Vec<DocumentOutcome>) {
+        let mut durable = Vec::with_capacity(batch.entries.len());
+        for (entry, outcome) in batch.entries.iter().zip(&outcomes) {
+            match outcome {
+                DocumentOutcome::Written => {
+                    self.metrics.documents_written.inc();
+                }
+                DocumentOutcome::AlreadyStored => {
+                    self.metrics.documents_already_stored.inc();
+                }
+                DocumentOutcome::Rejected { code, message } => {
+                    let detail = format!("store error {code}: {message}");
+                    let reason = if *code == 2 {
+                        REASON_INVALID_DOCUMENT
+                    } else {
+                        REASON_REJECTED_BY_STORE
+                    };
+                    if !self.dead_letter(&entry.message, reason, detail).await {
+                        continue;
+                    }
+                }
+            };
+            durable.push(&entry.ticket);
+        }
+        complete(&self.consumer, durable);
+    }
+
+    /// Produces a dead-letter and waits for Kafka's acknowledgement, retrying with backoff
+    /// until it comes or shutdown starts. Without the acknowledgement the record's offset
+    /// never moves, so a dead-letter lost at shutdown is read and dead-lettered again later.
+    /// Returns whether Kafka acknowledged it.
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        code: &'static str,
+        detail: String,
+    ) -> bool {
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            reason = code,
+            detail,
+            "dead-lettering record"
+        );
+        let record = dead_letter_record(
+            message,
+            &DeadLetterReason {
+                stage: STAGE,
+                code,
+                detail,
+            },
+        );
+        let mut backoff = Duration::from_millis(self.config.retry_initial_backoff_ms);
+        loop {
+            let mut future_record = FutureRecord::<Vec<u8>, Vec<u8>>::to(&self.dead_letter_topic)
+                .headers(record.headers.clone());
+            if let Some(key) = &record.key {
+                future_record = future_record.key(key);
+            }
+            if let Some(payload) = &record.payload {
+                future_record = future_record.payload(payload);
+            }
+            match self.producer.send(future_record, DEAD_LETTER_TIMEOUT).await {
+                Ok(_) => {
+                    self.metrics
+                        .dead_lettered
+                        .get_or_create(&ReasonLabel { reason: code })
+                        .inc();
+                    return true;
+                }
+                Err((error, _)) => {
+                    tracing::warn!(%error, "dead-letter not acknowledged, retrying");
+                }
+            }
+            if self.shutdown.is_triggered() {
+                return false;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(self.config.retry_max_backoff_ms));
+        }
+    }
+
+    fn pause(&mut self) {
+        if self.paused {
+            return;
+        }
+        match self
+            .consumer
+            .assignment()
+            .and_then(|list| self.consumer.pause(&list))
+        {
+            Ok(()) => {
+                self.paused = true;
+                tracing::info!("partitions paused until the store answers");
+            }
+            Err(error) => tracing::warn!(%error, "pausing partitions failed"),
+        }
+    }
+
+    fn resume(&mut self) {
+        if !self.paused {
+            return;
+        }
+        match self
+            .consumer
+            .assignment()
+            .and_then(|list| self.consumer.resume(&list))
+        {
+            Ok(()) => {
+                self.paused = false;
+                tracing::info!("store answers again, partitions resumed");
+            }
+            Err(error) => tracing::warn!(%error, "resuming partitions failed"),
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

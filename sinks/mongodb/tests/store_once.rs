@@ -1,0 +1,197 @@
+//! The sink against the shared Kafka and FerretDB: one document per submission at its newest
+//! revision, offsets committed only after the store acknowledged, and dead-letters.
+
+mod common;
+
+use std::time::Duration;
+
+use bson::doc;
+use common::*;
+use fieldforce_kafka::catalog::SUBMISSIONS_DEADLETTER;
+use fieldforce_kafka::client::base_config;
+use fieldforce_kafka::dead_letter::header_str;
+use fieldforce_schemas::headers;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+
+#[tokio::test]
+async fn stores_newest_revision_once_per_submission() {
+    let config = test_config();
+    create_topics(&config).await;
+
+    // 40 originals, each sent twice; 10 of them edited with revisions 2, then 1 (out of
+    // order), then 2 again.
+    let mut records = Vec::new();
+    for index in 0..40 {
+        let id = format!("sub-{index:03}");
+        records.push(submission(&id, 0));
+        if index < 10 {
+            records.push(submission(&id, 2));
+            records.push(submission(&id, 1));
+        }
+        records.push(submission(&id, 0));
+        if index < 10 {
+            records.push(submission(&id, 2));
+        }
+    }
+    produce(&config, &records).await;
+
+    let (trigger, shutdown) = fieldforce_runtime::shutdown::channel();
+    let sink = tokio::spawn(fieldforce_sink_mongodb::run(config.clone(), shutdown));
+    let collection = collection(&config).await;
+    let total = records.len() as i64;
+    let caught_up = wait_until(Duration::from_secs(60), || async {
+        committed_and_end(&config).0 == total
+    })
+    .await;
+    trigger.trigger();
+    sink.await.expect("sink task").expect("sink run");
+
+    assert!(
+        caught_up,
+        "committed offsets {:?}",
+        committed_and_end(&config)
+    );
+    assert_eq!(count(&collection).await, 40);
+    for index in 0..40 {
+        let id = format!("sub-{index:03}");
+        let stored = collection
+            .find_one(doc! {"_id": &id})
+            .await
+            .expect("find")
+            .expect("document stored");
+        let expected = if index < 10 { 2 } else { 0 };
+        assert_eq!(
+            stored.get_i64("revision").expect("revision"),
+            expected,
+            "{id}"
+        );
+        assert_eq!(
+            stored.get_str("instance_id").expect("instance_id"),
+            format!("{id}-r{expected}")
+        );
+    }
+    drop_database(&config).await;
+}
+
+#[tokio::test]
+async fn commits_offset_only_after_bulk_write() {
+    let mut config = test_config();
+    create_topics(&config).await;
+    let records: Vec<_> = (0..20)
+        .map(|index| submission(&format!("s-{index}"), 0))
+        .collect();
+    produce(&config, &records).await;
+
+    // A closed loopback port: every write fails as unreachable.
+    let unreachable_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    };
+    let reachable_uri = std::mem::replace(
+        &mut config.mongodb.uri,
+        format!("mongodb://127.0.0.1:{unreachable_port}/"),
+    );
+    let (trigger, shutdown) = fieldforce_runtime::shutdown::channel();
+    let sink = tokio::spawn(fieldforce_sink_mongodb::run(config.clone(), shutdown));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    trigger.trigger();
+    sink.await.expect("sink task").expect("sink run");
+    assert_eq!(committed_and_end(&config).0, 0, "nothing may be committed");
+
+    config.mongodb.uri = reachable_uri;
+    let (trigger, shutdown) = fieldforce_runtime::shutdown::channel();
+    let sink = tokio::spawn(fieldforce_sink_mongodb::run(config.clone(), shutdown));
+    let caught_up = wait_until(Duration::from_secs(60), || async {
+        committed_and_end(&config).0 == 20
+    })
+    .await;
+    trigger.trigger();
+    sink.await.expect("sink task").expect("sink run");
+
+    assert!(
+        caught_up,
+        "committed offsets {:?}",
+        committed_and_end(&config)
+    );
+    assert_eq!(count(&collection(&config).await).await, 20);
+    drop_database(&config).await;
+}
+
+#[tokio::test]
+async fn dead_letters_too_large_document_and_stores_batch_mates() {
+    let mut config = test_config();
+    config.sink.max_document_bytes = 64 * 1024;
+    config.sink.batch_linger_ms = 1_000;
+    create_topics(&config).await;
+
+    let mut records: Vec<_> = (0..10)
+        .map(|index| submission(&format!("ok-{index}"), 0))
+        .collect();
+    let mut large = submission("too-large", 0);
+    large
+        .submission
+        .fields
+        .insert("notes".into(), serde_json::json!("x".repeat(100 * 1024)));
+    records.insert(5, large);
+    produce(&config, &records).await;
+    produce_bytes(&config, "garbage", b"{not json").await;
+
+    let (trigger, shutdown) = fieldforce_runtime::shutdown::channel();
+    let sink = tokio::spawn(fieldforce_sink_mongodb::run(config.clone(), shutdown));
+    let caught_up = wait_until(Duration::from_secs(60), || async {
+        committed_and_end(&config).0 == 12
+    })
+    .await;
+    trigger.trigger();
+    sink.await.expect("sink task").expect("sink run");
+    assert!(
+        caught_up,
+        "committed offsets {:?}",
+        committed_and_end(&config)
+    );
+
+    let collection = collection(&config).await;
+    assert_eq!(count(&collection).await, 10);
+    assert!(
+        collection
+            .find_one(doc! {"_id": "too-large"})
+            .await
+            .expect("find")
+            .is_none()
+    );
+
+    let consumer: StreamConsumer = base_config(&config.kafka)
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&config.kafka.topic(SUBMISSIONS_DEADLETTER)])
+        .expect("subscribe");
+    let mut reasons = std::collections::BTreeMap::new();
+    while reasons.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("dead-letters arrive")
+            .expect("message");
+        let headers = message.headers().expect("headers");
+        assert_eq!(
+            header_str(headers, headers::DEAD_LETTER_STAGE),
+            Some("sink")
+        );
+        let key = String::from_utf8(message.key().expect("key").to_vec()).expect("utf-8 key");
+        let reason = header_str(headers, headers::DEAD_LETTER_REASON).map(str::to_owned);
+        if key == "garbage" {
+            assert_eq!(
+                message.payload(),
+                Some(&b"{not json"[..]),
+                "original bytes kept"
+            );
+        }
+        reasons.insert(key, reason);
+    }
+    assert_eq!(reasons["too-large"].as_deref(), Some("document_too_large"));
+    assert_eq!(reasons["garbage"].as_deref(), Some("undecodable"));
+    drop_database(&config).await;
+}
