@@ -7,6 +7,7 @@
 //! - [`offsets`]: which offset of a partition may be committed, given the records whose
 //!   output is durable.
 //! - [`dead_letter`]: building a dead-letter record that keeps the original bytes.
+//! - [`lag`]: consumer-group lag in records and seconds, and a status per group.
 
 #![deny(missing_docs)]
 
@@ -14,4 +15,5 @@ pub mod admin;
 pub mod catalog;
 pub mod client;
 pub mod dead_letter;
+pub mod lag;
 pub mod offsets;

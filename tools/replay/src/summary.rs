@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use fieldforce_kafka::catalog;
-use fieldforce_kafka::client::{base_config, consumer_config};
+use fieldforce_kafka::client::base_config;
 use fieldforce_kafka::dead_letter::header_str;
+use fieldforce_kafka::lag;
 use fieldforce_runtime::config::Config;
 use fieldforce_schemas::headers;
 use futures::TryStreamExt;
@@ -22,14 +23,6 @@ use crate::report::percentiles_line;
 
 /// How long a Kafka metadata or offsets request may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Consumer groups of the pipeline and the catalog topic each reads.
-const GROUPS: [(&str, &str); 4] = [
-    ("fieldforce-validation", catalog::SUBMISSIONS_RAW),
-    ("fieldforce-geo", catalog::SUBMISSIONS_VALIDATED),
-    ("fieldforce-quality", catalog::SUBMISSIONS_LOCATED),
-    ("fieldforce-sink", catalog::SUBMISSIONS_PROCESSED),
-];
 
 /// Arguments of `summary`.
 #[derive(Args)]
@@ -245,31 +238,15 @@ fn print_dead_letters(config: &Config) -> anyhow::Result<()> {
 }
 
 fn print_lag(config: &Config) -> anyhow::Result<()> {
-    println!("  consumer lag (records)");
-    for (group, catalog_name) in GROUPS {
+    println!("  consumer lag");
+    for (group, catalog_name) in catalog::PIPELINE_GROUPS {
         let topic = config.kafka.topic(catalog_name);
-        let consumer: BaseConsumer = consumer_config(&config.kafka, group).create()?;
-        let metadata = consumer.fetch_metadata(Some(&topic), KAFKA_TIMEOUT)?;
-        let mut partitions = TopicPartitionList::new();
-        for partition in metadata
-            .topics()
-            .iter()
-            .flat_map(|topic| topic.partitions())
-        {
-            partitions.add_partition(&topic, partition.id());
-        }
-        let committed = consumer.committed_offsets(partitions, KAFKA_TIMEOUT)?;
-        let mut lag = 0i64;
-        for element in committed.elements() {
-            let (low, high) =
-                consumer.fetch_watermarks(&topic, element.partition(), KAFKA_TIMEOUT)?;
-            let position = match element.offset() {
-                Offset::Offset(offset) => offset,
-                _ => low,
-            };
-            lag += (high - position).max(0);
-        }
-        println!("    {group:<24}{lag:>8}  ({topic})");
+        let sample = lag::sample(&config.kafka, group, std::slice::from_ref(&topic))?;
+        println!(
+            "    {group:<24}{:>8} records, {:.1} s  ({topic})",
+            sample.lag_records(),
+            sample.lag_seconds()
+        );
     }
     Ok(())
 }

@@ -1,0 +1,317 @@
+//! Consumer-group lag as operators read it: per partition the committed offset, the log end,
+//! the lag in records and in seconds (the age of the oldest record not yet processed), and a
+//! status per group computed from two samples taken some seconds apart.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fieldforce_runtime::config::KafkaConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::client::{base_config, consumer_config};
+
+/// How long one metadata, offsets or fetch request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Lag of one partition at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionLag {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+    /// Next offset the group will read, or `None` when it has committed nothing.
+    pub committed: Option<i64>,
+    /// Offset the next record written to the partition will get.
+    pub log_end: i64,
+    /// Records between the committed offset (or the log start) and the log end.
+    pub lag_records: i64,
+    /// Age of the oldest record not yet processed, in seconds; 0 without lag.
+    pub lag_seconds: f64,
+}
+
+/// Lag of one consumer group at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupLag {
+    /// Consumer group id.
+    pub group: String,
+    /// Group state as the coordinator reports it (`Stable`, `Empty`, ...).
+    pub state: String,
+    /// Consumers in the group.
+    pub members: usize,
+    /// Every partition of the topics the group reads.
+    pub partitions: Vec<PartitionLag>,
+}
+
+impl GroupLag {
+    /// Returns the total lag in records.
+    pub fn lag_records(&self) -> i64 {
+        self.partitions
+            .iter()
+            .map(|partition| partition.lag_records)
+            .sum()
+    }
+
+    /// Returns the largest lag in seconds over the partitions.
+    pub fn lag_seconds(&self) -> f64 {
+        self.partitions
+            .iter()
+            .map(|partition| partition.lag_seconds)
+            .fold(0.0, f64::max)
+    }
+}
+
+/// Health of a consumer group, from two samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GroupStatus {
+    /// Lag under the thresholds.
+    Ok,
+    /// Lag over a threshold, but offsets are moving.
+    Lagging,
+    /// Lag present, consumers present, and no committed offset moved between the samples.
+    Stalled,
+    /// Lag present and no consumer in the group.
+    Stopped,
+}
+
+impl std::fmt::Display for GroupStatus {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.pad(match self {
+            GroupStatus::Ok => "OK",
+            GroupStatus::Lagging => "LAGGING",
+            GroupStatus::Stalled => "STALLED",
+            GroupStatus::Stopped => "STOPPED",
+        })
+    }
+}
+
+/// When a group with lag counts as lagging.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Records of lag above which the group is lagging.
+    pub records: i64,
+    /// Seconds of lag above which the group is lagging.
+    pub seconds: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            records: 1_000,
+            seconds: 30.0,
+        }
+    }
+}
+
+/// Classifies a group from an earlier and a later sample of it.
+pub fn classify(earlier: &GroupLag, later: &GroupLag, thresholds: Thresholds) -> GroupStatus {
+    let lag = later.lag_records();
+    if lag == 0 {
+        return GroupStatus::Ok;
+    }
+    if later.members == 0 {
+        return GroupStatus::Stopped;
+    }
+    let committed = |sample: &GroupLag| -> BTreeMap<(String, i32), Option<i64>> {
+        sample
+            .partitions
+            .iter()
+            .map(|partition| {
+                (
+                    (partition.topic.clone(), partition.partition),
+                    partition.committed,
+                )
+            })
+            .collect()
+    };
+    let moved = committed(earlier) != committed(later);
+    if !moved {
+        return GroupStatus::Stalled;
+    }
+    if lag > thresholds.records || later.lag_seconds() > thresholds.seconds {
+        return GroupStatus::Lagging;
+    }
+    GroupStatus::Ok
+}
+
+/// Failure to read lag from the cluster; the caller retries on its next sample.
+#[derive(Debug, thiserror::Error)]
+#[error("reading consumer lag failed: {0}")]
+pub struct LagError(#[from] rdkafka::error::KafkaError);
+
+/// Samples the lag of a group on the given topics.
+pub fn sample(kafka: &KafkaConfig, group: &str, topics: &[String]) -> Result<GroupLag, LagError> {
+    let reader: BaseConsumer = base_config(kafka).create()?;
+    let (state, members) = match reader
+        .fetch_group_list(Some(group), REQUEST_TIMEOUT)?
+        .groups()
+        .first()
+    {
+        Some(found) => (found.state().to_owned(), found.members().len()),
+        None => ("Dead".to_owned(), 0),
+    };
+
+    let mut wanted = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = reader.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+        for partition in metadata
+            .topics()
+            .iter()
+            .flat_map(|found| found.partitions())
+        {
+            wanted.add_partition(topic, partition.id());
+        }
+    }
+    // A consumer with the group's id reads its committed offsets without joining the group,
+    // because it never subscribes.
+    let group_reader: BaseConsumer = consumer_config(kafka, group).create()?;
+    let committed = group_reader.committed_offsets(wanted, REQUEST_TIMEOUT)?;
+
+    let mut partitions = Vec::new();
+    for element in committed.elements() {
+        let (log_start, log_end) =
+            reader.fetch_watermarks(element.topic(), element.partition(), REQUEST_TIMEOUT)?;
+        let committed = match element.offset() {
+            Offset::Offset(offset) => Some(offset),
+            _ => None,
+        };
+        let position = committed.unwrap_or(log_start).max(log_start);
+        partitions.push(PartitionLag {
+            topic: element.topic().to_owned(),
+            partition: element.partition(),
+            committed,
+            log_end,
+            lag_records: (log_end - position).max(0),
+            lag_seconds: 0.0,
+        });
+    }
+    fill_lag_seconds(&reader, &mut partitions)?;
+    Ok(GroupLag {
+        group: group.to_owned(),
+        state,
+        members,
+        partitions,
+    })
+}
+
+/// Reads the oldest unprocessed record of every lagging partition for its timestamp.
+fn fill_lag_seconds(
+    reader: &BaseConsumer,
+    partitions: &mut [PartitionLag],
+) -> Result<(), LagError> {
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions
+        .iter()
+        .filter(|partition| partition.lag_records > 0)
+    {
+        let position = partition.log_end - partition.lag_records;
+        assignment.add_partition_offset(
+            &partition.topic,
+            partition.partition,
+            Offset::Offset(position),
+        )?;
+    }
+    if assignment.count() == 0 {
+        return Ok(());
+    }
+    reader.assign(&assignment)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or_default();
+    let mut waiting = assignment.count();
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    while waiting > 0 && std::time::Instant::now() < deadline {
+        let Some(message) = reader.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let Ok(message) = message else {
+            continue;
+        };
+        let Some(partition) = partitions.iter_mut().find(|partition| {
+            partition.topic == message.topic()
+                && partition.partition == message.partition()
+                && partition.lag_seconds == 0.0
+        }) else {
+            continue;
+        };
+        if let Some(timestamp_ms) = message.timestamp().to_millis() {
+            partition.lag_seconds = ((now_ms - timestamp_ms).max(0) as f64) / 1000.0;
+        }
+        waiting -= 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(members: usize, partitions: &[(Option<i64>, i64, f64)]) -> GroupLag {
+        GroupLag {
+            group: "fieldforce-sink".into(),
+            state: if members == 0 { "Empty" } else { "Stable" }.into(),
+            members,
+            partitions: partitions
+                .iter()
+                .enumerate()
+                .map(|(index, (committed, log_end, seconds))| PartitionLag {
+                    topic: "processed".into(),
+                    partition: index as i32,
+                    committed: *committed,
+                    log_end: *log_end,
+                    lag_records: log_end - committed.unwrap_or(0),
+                    lag_seconds: *seconds,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn no_lag_is_ok_even_without_consumers() {
+        let idle = group(0, &[(Some(10), 10, 0.0)]);
+        assert_eq!(
+            classify(&idle, &idle, Thresholds::default()),
+            GroupStatus::Ok
+        );
+    }
+
+    #[test]
+    fn lag_without_consumers_is_stopped() {
+        let stopped = group(0, &[(Some(10), 500, 40.0)]);
+        assert_eq!(
+            classify(&stopped, &stopped, Thresholds::default()),
+            GroupStatus::Stopped
+        );
+    }
+
+    #[test]
+    fn lag_with_offsets_standing_still_is_stalled() {
+        let stuck = group(2, &[(Some(10), 20, 1.0)]);
+        assert_eq!(
+            classify(&stuck, &stuck, Thresholds::default()),
+            GroupStatus::Stalled
+        );
+    }
+
+    #[test]
+    fn moving_offsets_over_threshold_is_lagging() {
+        let earlier = group(1, &[(Some(10), 5_000, 90.0)]);
+        let later = group(1, &[(Some(400), 5_200, 80.0)]);
+        assert_eq!(
+            classify(&earlier, &later, Thresholds::default()),
+            GroupStatus::Lagging
+        );
+    }
+
+    #[test]
+    fn moving_offsets_under_threshold_is_ok() {
+        let earlier = group(1, &[(Some(10), 40, 0.5)]);
+        let later = group(1, &[(Some(30), 45, 0.2)]);
+        assert_eq!(
+            classify(&earlier, &later, Thresholds::default()),
+            GroupStatus::Ok
+        );
+    }
+}
