@@ -10,7 +10,7 @@ use fieldforce_runtime::config::GatewayConfig;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-/// Who sent a request, from the credentials.
+/// The sender of a request, from its credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// Organisation of every submission sent with these credentials.
@@ -28,7 +28,7 @@ impl Principal {
     }
 }
 
-/// Why credentials were not accepted.
+/// Rejection of the credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No credentials were sent (401, the client should ask the user for them).

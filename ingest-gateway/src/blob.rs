@@ -19,13 +19,13 @@ use sha2::{Digest, Sha256};
 pub struct BlobError {
     /// Attachment name.
     pub name: String,
-    /// Where the store tried to write.
+    /// Path the store tried to write.
     pub path: String,
     /// The IO failure.
     pub source: std::io::Error,
 }
 
-/// Where attachments are kept.
+/// Storage for attachments.
 ///
 /// NOTE: only the local folder implementation exists. S3-compatible storage would be a
 /// second implementation of this trait (the `object_store` crate's `AmazonS3` behind the

@@ -28,10 +28,10 @@ const WRITE_BATCH: usize = 100;
 const WRITE_QUEUE: usize = 10_000;
 /// How long the store is left alone after a failure.
 const STORE_BACKOFF: Duration = Duration::from_secs(10);
-/// Least time between two warnings about the store.
+/// Minimum time between two warnings about the store.
 const WARN_INTERVAL: Duration = Duration::from_secs(30);
 
-/// What the gateway remembers of an accepted instance.
+/// Index entry of an accepted instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
     /// Hex SHA-256 of the instance's content.

@@ -15,7 +15,7 @@ const MEDIA_EXTENSIONS: &[&str] = &[
     "m4a", "aac", "amr", "mp3", "ogg", "oga", "opus", "wav", "osm", "csv", "zip",
 ];
 
-/// What the gateway needs from an instance document.
+/// The parts of an instance document the gateway uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedInstance {
     /// The root's `id` attribute, or its `xmlns` for CommCare forms.
@@ -36,7 +36,7 @@ pub struct ParsedInstance {
     pub encrypted: Option<EncryptedSubmission>,
 }
 
-/// Why an instance document was rejected; every variant is a client error (400).
+/// Rejection of an instance document. Every variant is a client error (400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InstanceError {
     /// The XML itself was rejected.

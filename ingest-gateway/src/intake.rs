@@ -50,7 +50,7 @@ pub struct IncomingSubmission {
     pub files: Vec<ReceivedFile>,
 }
 
-/// What happened to an accepted submission.
+/// Outcome of an accepted submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     /// The Kafka key: the root submission id.
@@ -69,7 +69,7 @@ pub struct Intake {
     pub producer: Arc<GatewayProducer>,
     /// Resend, conflict and edit decisions.
     pub index: SubmissionIndex,
-    /// Where attachments go.
+    /// Blob store for attachments.
     pub blobs: Arc<dyn BlobStore>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
@@ -77,7 +77,7 @@ pub struct Intake {
     pub raw_topic: String,
 }
 
-/// Where a new version sits in its submission's history.
+/// Position of a new version in its submission history.
 struct Placement {
     submission_id: String,
     revision: u32,

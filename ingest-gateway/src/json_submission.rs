@@ -27,7 +27,7 @@ pub struct ParsedJson {
     pub content_sha256: String,
 }
 
-/// Why a JSON submission was rejected; every variant is a client error (400).
+/// Rejection of a JSON submission. Every variant is a client error (400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JsonSubmissionError {
     /// The submission is not a JSON object.

@@ -25,7 +25,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Share of the producer queue above which the gateway reports not ready.
 const QUEUE_NOT_READY_FRACTION: f64 = 0.9;
 
-/// Why a record was not made durable. Every variant means "retry later": the client gets
+/// Failure to make a record durable. Every variant means "retry later": the client gets
 /// 503 with `Retry-After` and sends again.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
