@@ -54,8 +54,8 @@ enum Route<'a> {
         project: Option<&'a str>,
         token: Option<&'a str>,
     },
-    JsonSubmission,
-    JsonBatch,
+    JsonSubmission(Option<&'a str>),
+    JsonBatch(Option<&'a str>),
     Forms(&'a str),
     Settings(&'a str),
     Health,
@@ -69,8 +69,8 @@ impl Route<'_> {
         match self {
             Self::OpenRosa { .. } if method == Method::HEAD => "openrosa_head",
             Self::OpenRosa { .. } => "openrosa",
-            Self::JsonSubmission => "json",
-            Self::JsonBatch => "json_batch",
+            Self::JsonSubmission(_) => "json",
+            Self::JsonBatch(_) => "json_batch",
             Self::Forms(_) => "forms",
             Self::Settings(_) => "settings",
             Self::Health | Self::Ready => "health",
@@ -102,8 +102,10 @@ fn route(path: &str) -> Route<'_> {
             project: Some(project),
             token: Some(token),
         },
-        ["v1", "submissions"] => Route::JsonSubmission,
-        ["v1", "submissions", "batch"] => Route::JsonBatch,
+        ["v1", "submissions"] => Route::JsonSubmission(None),
+        ["v1", "submissions", "batch"] => Route::JsonBatch(None),
+        ["v1", "projects", project, "submissions"] => Route::JsonSubmission(Some(project)),
+        ["v1", "projects", project, "submissions", "batch"] => Route::JsonBatch(Some(project)),
         ["v1", "projects", project, "forms"] => Route::Forms(project),
         ["v1", "projects", project, "settings"] => Route::Settings(project),
         ["healthz"] => Route::Health,
@@ -163,13 +165,13 @@ async fn dispatch(
             let (principal, project) = authorize(state, &request, project, token)?;
             openrosa_submission(state, principal, project, request).await
         }
-        (Route::JsonSubmission, Method::POST) => {
+        (Route::JsonSubmission(project), Method::POST) => {
             let principal = authenticate(state, &request, None)?;
-            json_submission(state, principal, request).await
+            json_submission(state, principal, project, request).await
         }
-        (Route::JsonBatch, Method::POST) => {
+        (Route::JsonBatch(project), Method::POST) => {
             let principal = authenticate(state, &request, None)?;
-            json_batch(state, principal, request).await
+            json_batch(state, principal, project, request).await
         }
         (Route::Forms(project), Method::POST) => {
             let (principal, project) = authorize(state, &request, Some(project), None)?;
@@ -374,16 +376,25 @@ async fn read_multipart(
     Ok((xml, files))
 }
 
-/// Parses and accepts one JSON submission value.
+/// Parses and accepts one JSON submission value. The project comes from the path, else from
+/// the body's `project_id`, else from the configured default.
 async fn accept_json(
     state: &AppState,
     principal: &Principal,
+    path_project: Option<&str>,
     value: Value,
 ) -> Result<Accepted, GatewayError> {
     let parsed = parse_json_submission(value)?;
-    let project_id = parsed
-        .project_id
-        .unwrap_or_else(|| state.config.default_project.clone());
+    let project_id = match (path_project, parsed.project_id) {
+        (Some(path), Some(body)) if path != body => {
+            return Err(GatewayError::BadRequest(format!(
+                "project_id {body:?} in the body differs from project {path:?} in the path"
+            )));
+        }
+        (Some(path), _) => path.to_owned(),
+        (None, Some(body)) => body,
+        (None, None) => state.config.default_project.clone(),
+    };
     if !principal.allows(&project_id) {
         return Err(GatewayError::ProjectForbidden(project_id));
     }
@@ -423,6 +434,7 @@ async fn read_json(state: &AppState, request: Request<Incoming>) -> Result<Value
 async fn json_submission(
     state: &AppState,
     principal: Principal,
+    project: Option<&str>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     let content_length = request
@@ -435,7 +447,7 @@ async fn json_submission(
         ));
     }
     let value = read_json(state, request).await?;
-    let accepted = accept_json(state, &principal, value).await?;
+    let accepted = accept_json(state, &principal, project, value).await?;
     Ok(response::json(
         StatusCode::CREATED,
         &accepted_body(&accepted),
@@ -445,6 +457,7 @@ async fn json_submission(
 async fn json_batch(
     state: &AppState,
     principal: Principal,
+    project: Option<&str>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     let items = match read_json(state, request).await? {
@@ -472,7 +485,7 @@ async fn json_batch(
     let outcomes = join_all(
         items
             .into_iter()
-            .map(|item| accept_json(state, &principal, item)),
+            .map(|item| accept_json(state, &principal, project, item)),
     )
     .await;
     let mut retry = false;
@@ -606,7 +619,18 @@ mod tests {
             route("/submission"),
             Route::OpenRosa { project: None, .. }
         ));
-        assert!(matches!(route("/v1/submissions/batch"), Route::JsonBatch));
+        assert!(matches!(
+            route("/v1/submissions/batch"),
+            Route::JsonBatch(None)
+        ));
+        assert!(matches!(
+            route("/v1/projects/census/submissions"),
+            Route::JsonSubmission(Some("census"))
+        ));
+        assert!(matches!(
+            route("/v1/projects/census/submissions/batch"),
+            Route::JsonBatch(Some("census"))
+        ));
         assert!(matches!(route("/v1/other"), Route::Unknown));
     }
 }

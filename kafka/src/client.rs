@@ -55,3 +55,15 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     }
     config
 }
+
+/// Returns a configuration for a consumer that only reads assigned partitions: it never
+/// subscribes, so it never joins its group, and it never commits.
+pub fn reader_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = base_config(kafka);
+    config
+        // librdkafka refuses assign() without a group id, even though nothing is committed.
+        .set("group.id", "fieldforce-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    config
+}

@@ -9,7 +9,7 @@ use fieldforce_runtime::config::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::client::{base_config, consumer_config};
+use crate::client::{consumer_config, reader_config};
 
 /// How long one metadata, offsets or fetch request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +142,7 @@ pub struct LagError(#[from] rdkafka::error::KafkaError);
 
 /// Samples the lag of a group on the given topics.
 pub fn sample(kafka: &KafkaConfig, group: &str, topics: &[String]) -> Result<GroupLag, LagError> {
-    let reader: BaseConsumer = base_config(kafka).create()?;
+    let reader: BaseConsumer = reader_config(kafka).create()?;
     let (state, members) = match reader
         .fetch_group_list(Some(group), REQUEST_TIMEOUT)?
         .groups()

@@ -31,7 +31,7 @@ use crate::geo::{GPS_MISSING, GPS_NULL_ISLAND, GPS_OUT_OF_RANGE};
 use crate::pipeline::{self, Output, StageSpec, Transform, decode_value};
 use crate::registry::{CompactedReader, Registry};
 
-/// Where the quality processor reads and writes.
+/// Topics and consumer group of the quality processor.
 pub const SPEC: StageSpec = StageSpec {
     stage: "quality",
     group_id: "fieldforce-quality",
@@ -57,8 +57,8 @@ mod penalty {
 /// Answers that describe the interview rather than the interviewee, left out of completeness
 /// and of the duplicate-answers hash.
 const BOOKKEEPING_ROOTS: [&str; 4] = ["meta", "start", "end", "today"];
-/// Where ODK forms (`start`, `end`) and CommCare (`meta/timeStart`, `meta/timeEnd`) record
-/// when the interview started and ended.
+/// Paths of the interview start and end times: ODK forms write `start` and `end`, CommCare
+/// writes `meta/timeStart` and `meta/timeEnd`.
 const START_PATHS: [&str; 2] = ["start", "meta/timeStart"];
 const END_PATHS: [&str; 2] = ["end", "meta/timeEnd"];
 
@@ -136,10 +136,9 @@ impl RecentAnswers {
 pub struct Scorer {
     forms: Arc<Registry<FormDefinition>>,
     projects: Arc<Registry<ProjectSettings>>,
-    // NOTE: the memory is per process and starts empty, so a duplicate whose first copy was
-    // read before a restart, or by another instance of the group (another partition), is
-    // not flagged, and a replay after a restart can differ from the first output in this
-    // flag alone.
+    // NOTE: the memory is per process and starts empty. A duplicate whose first copy was read
+    // before a restart, or by another instance of the group, is not flagged, so a replay
+    // after a restart can differ from the first output in this flag.
     recent: Mutex<RecentAnswers>,
 }
 
@@ -256,7 +255,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProcessorErro
     pipeline::run(&config, SPEC, transform, metrics, shutdown).await
 }
 
-/// The overall status: encryption first, then missing attachments, then validation.
+/// Returns the overall status, deciding by encryption first, then missing attachments, then
+/// validation.
 pub fn status(processed: &ProcessedSubmission) -> ProcessingStatus {
     if processed.submission.encrypted.is_some() {
         ProcessingStatus::Encrypted
@@ -286,7 +286,7 @@ fn is_bookkeeping(path: &str) -> bool {
     BOOKKEEPING_ROOTS.contains(&root)
 }
 
-/// Every check that reads the answers and the location.
+/// Runs every check that reads the answers and the location.
 fn content_flags(
     processed: &ProcessedSubmission,
     form: Option<&FormDefinition>,
@@ -447,17 +447,19 @@ fn timing_flags(
                 ),
             ));
         }
+        // Midnight is the enumerator's: the device writes its own UTC offset into the
+        // timestamps, which is better evidence of local time than the project's setting.
+        let device_offset = *start.offset();
         let (start_day, end_day) = (
-            start.with_timezone(&local_offset).date_naive(),
-            end.with_timezone(&local_offset).date_naive(),
+            start.date_naive(),
+            end.with_timezone(&device_offset).date_naive(),
         );
         if seconds >= 0 && start_day != end_day {
             flags.push(flag(
                 "across_midnight",
                 penalty::ACROSS_MIDNIGHT,
                 format!(
-                    "started on {start_day} and ended on {end_day} (UTC offset {} min)",
-                    thresholds.utc_offset_minutes
+                    "started on {start_day} and ended on {end_day}, device time (UTC{device_offset})"
                 ),
             ));
         }
@@ -477,8 +479,8 @@ fn timing_flags(
         }
     }
 
-    // The interview time, when recorded, says when the enumerator worked; the receive time
-    // only says when the device found a connection.
+    // The interview time, when recorded, shows when the enumerator worked, while the
+    // receive time only shows when the device found a connection.
     let worked_at = end
         .or(start)
         .map(|time| time.with_timezone(&local_offset))
@@ -655,7 +657,23 @@ mod tests {
     }
 
     #[test]
-    fn end_before_start_and_future_end_are_clock_skew() {
+    fn midnight_is_taken_in_device_time() {
+        let mut submission = processed(json!({
+            "start": "2026-11-03T23:59:20.000+03:00",
+            "end": "2026-11-04T00:00:05.000+03:00",
+            "q": "1"
+        }));
+        submission.submission.received_at_ms = MAY_FIRST_10H;
+        scorer().score(&mut submission);
+        assert!(
+            checks(&submission).contains(&"across_midnight"),
+            "{:?}",
+            checks(&submission)
+        );
+    }
+
+    #[test]
+    fn clock_skew_both_directions() {
         let mut backwards = processed(interview("2024-05-01T09:30:00Z", "2024-05-01T09:00:00Z"));
         scorer().score(&mut backwards);
         assert_eq!(checks(&backwards), vec!["clock_skew"]);
@@ -726,7 +744,7 @@ mod tests {
     }
 
     #[test]
-    fn same_answers_from_same_device_are_duplicates_but_replays_are_not() {
+    fn duplicate_answers_except_replays() {
         let scorer = scorer();
         let mut first = processed(interview("2024-05-01T09:00:00Z", "2024-05-01T09:20:00Z"));
         scorer.score(&mut first);

@@ -1,6 +1,12 @@
 //! The Kubernetes manifests under `k8s/` parse, and agree with the topic catalog and with the
 //! services' configuration keys. Needs no running server.
 
+#![allow(clippy::unwrap_used, reason = "a test reports a failure by panicking")]
+#![allow(
+    clippy::result_large_err,
+    reason = "figment::Jail fixes the closure's error type to figment::Error"
+)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

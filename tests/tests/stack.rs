@@ -3,6 +3,8 @@
 //!
 //! Both tests fail, never skip, when a server is missing: start the stack with `make up`.
 
+#![allow(clippy::unwrap_used, reason = "a test reports a failure by panicking")]
+
 use std::time::Duration;
 
 use fieldforce_kafka::client::{consumer_config, producer_config};

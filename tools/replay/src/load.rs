@@ -197,13 +197,13 @@ async fn send(
                 .await
         }
         Format::Json => {
-            let route = format!("/v1/submissions?project={project}");
+            let route = format!("/v1/projects/{project}/submissions");
             client
                 .post_json(&route, Bytes::from(first.json.to_string()))
                 .await
         }
         Format::Batch => {
-            let route = format!("/v1/submissions/batch?project={project}");
+            let route = format!("/v1/projects/{project}/submissions/batch");
             let items: Vec<&serde_json::Value> = submissions.iter().map(|s| &s.json).collect();
             let body = serde_json::json!({ "submissions": items });
             client
@@ -240,7 +240,7 @@ fn accepted_ids(format: Format, submissions: &[Generated], outcome: &Outcome) ->
         .zip(results)
         .filter(|(_, result)| {
             let status = result
-                .get("status")
+                .get("status_code")
                 .and_then(|status| status.as_u64())
                 .unwrap_or(0);
             (200..300).contains(&status)
@@ -313,7 +313,8 @@ mod tests {
         let submissions: Vec<Generated> = (0..3).map(|_| generator.next_submission()).collect();
         let outcome = Outcome {
             status: 207,
-            body: r#"{"results":[{"status":201},{"status":409},{"status":201}]}"#.into(),
+            body: r#"{"results":[{"status_code":201},{"status_code":409},{"status_code":201}]}"#
+                .into(),
             latency: Duration::from_millis(1),
         };
         let accepted = accepted_ids(Format::Batch, &submissions, &outcome);

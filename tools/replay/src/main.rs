@@ -1,28 +1,10 @@
-//! `fieldforce-replay`: a client-side tool for the gateway.
-//!
-//! - `replay` posts a folder of real submissions the way the clients that made them would:
-//!   XForms are registered first, loose XML files and ODK Collect instance folders go as
-//!   OpenRosa multipart posts with their attachments, JSON files go to the JSON API.
-//! - `load` drives the gateway open-loop at a target rate with generated submissions
-//!   modelled on real ones, and reports latency percentiles and errors.
-//! - `summary` waits until every accepted submission is stored, then reports what the
-//!   pipeline did with them: stored, dead-lettered by reason, flagged by quality check,
-//!   outside a geofence, accepted-to-stored latency and the lag of every consumer group.
-
-mod client;
-mod generate;
-mod geofences;
-mod input;
-mod ledger;
-mod load;
-mod replay;
-mod report;
-mod summary;
+//! The `fieldforce-replay` command line; see the library for what each subcommand does.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fieldforce_replay::{client, load, replay, summary};
 
 /// Replay real submissions through the FieldForce gateway, load it, and summarise the result.
 #[derive(Parser)]

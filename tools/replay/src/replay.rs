@@ -88,7 +88,7 @@ pub async fn run(
                     }
                 }
                 Item::Json { path, body } => {
-                    let route = format!("/v1/submissions?project={}", args.project);
+                    let route = format!("/v1/projects/{}/submissions", args.project);
                     let outcome = client.post_json(&route, body).await;
                     print_outcome("json", &path, &outcome);
                     tally.record(&outcome);

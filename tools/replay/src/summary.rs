@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use fieldforce_kafka::catalog;
-use fieldforce_kafka::client::base_config;
+use fieldforce_kafka::client::reader_config;
 use fieldforce_kafka::dead_letter::header_str;
 use fieldforce_kafka::lag;
 use fieldforce_runtime::config::Config;
@@ -192,7 +192,7 @@ fn root_ids(entries: &[Accepted]) -> Vec<String> {
 
 fn print_dead_letters(config: &Config) -> anyhow::Result<()> {
     let topic = config.kafka.topic(catalog::SUBMISSIONS_DEADLETTER);
-    let consumer: BaseConsumer = base_config(&config.kafka).create()?;
+    let consumer: BaseConsumer = reader_config(&config.kafka).create()?;
     let metadata = consumer.fetch_metadata(Some(&topic), KAFKA_TIMEOUT)?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining = 0i64;
@@ -209,10 +209,9 @@ fn print_dead_letters(config: &Config) -> anyhow::Result<()> {
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while remaining > 0 && Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) else {
             continue;
         };
-        let message = message?;
         remaining -= 1;
         let (stage, reason) = match message.headers() {
             Some(headers) => (
