@@ -31,7 +31,7 @@ use crate::geofence::FenceIndex;
 use crate::pipeline::{self, Output, StageSpec, Transform, decode_value};
 use crate::registry::{CompactedReader, Registry};
 
-/// Where the geo processor reads and writes.
+/// Topics and consumer group of the geo processor.
 pub const SPEC: StageSpec = StageSpec {
     stage: "geo",
     group_id: "fieldforce-geo",
@@ -46,8 +46,11 @@ pub const GPS_OUT_OF_RANGE: &str = "gps_out_of_range";
 /// Problem code: the primary point is exactly 0,0, which devices report without a fix.
 pub const GPS_NULL_ISLAND: &str = "gps_null_island";
 
-/// Where CommCare writes the device location.
+/// Path of the device location in CommCare submissions.
 const COMMCARE_LOCATION: &str = "meta/location";
+
+/// A fence index and the settings record it was built from.
+type BuiltIndex = (Arc<ProjectSettings>, Arc<FenceIndex>);
 
 /// The geo transform.
 #[derive(Debug)]
@@ -55,7 +58,7 @@ pub struct Locator {
     forms: Arc<Registry<FormDefinition>>,
     projects: Arc<Registry<ProjectSettings>>,
     /// Fence index per project, rebuilt when the project's settings record changes.
-    indexes: Mutex<HashMap<String, (Arc<ProjectSettings>, Arc<FenceIndex>)>>,
+    indexes: Mutex<HashMap<String, BuiltIndex>>,
 }
 
 impl Locator {

@@ -1,7 +1,7 @@
 //! A project's geofences in an R-tree of their bounding boxes, with exact point-in-polygon
 //! and the distance in metres from a point outside every fence to the nearest fence boundary.
 
-use geo::{BoundingRect, Closest, Contains, Distance, Haversine, HaversineClosestPoint};
+use geo::{BoundingRect, Closest, Distance, Haversine, HaversineClosestPoint};
 use geo_types::{MultiPolygon, Point};
 use rstar::primitives::{GeomWithData, Rectangle};
 use rstar::{AABB, RTree};
@@ -25,7 +25,87 @@ pub struct Fence {
 #[derive(Debug)]
 pub struct FenceIndex {
     fences: Vec<Fence>,
+    /// Band index of each fence, in the order of `fences`.
+    bands: Vec<EdgeBands>,
     tree: RTree<Envelope>,
+}
+
+/// The edges of a fence's rings sorted into horizontal bands, so a point-in-polygon test reads
+/// only the edges of the point's band instead of every vertex. Country borders have thousands
+/// of vertices, which makes the plain ray-casting test too slow for a lookup budget of a few
+/// microseconds.
+#[derive(Debug)]
+struct EdgeBands {
+    min_y: f64,
+    max_y: f64,
+    band_height: f64,
+    /// Edges as `[x1, y1, x2, y2]`, listed in every band their y-range touches.
+    bands: Vec<Vec<[f64; 4]>>,
+}
+
+/// Edges per band the index aims for; fewer edges per band cost more memory, since an edge
+/// that spans several bands is listed in each.
+const EDGES_PER_BAND: usize = 2;
+/// Cap on the bands of one fence, which bounds its memory.
+const MAX_BANDS: usize = 8192;
+
+impl EdgeBands {
+    fn new(area: &MultiPolygon<f64>) -> Self {
+        let edges: Vec<[f64; 4]> = area
+            .0
+            .iter()
+            .flat_map(|polygon| std::iter::once(polygon.exterior()).chain(polygon.interiors()))
+            .flat_map(|ring| ring.lines())
+            .map(|line| [line.start.x, line.start.y, line.end.x, line.end.y])
+            .collect();
+        let (min_y, max_y) =
+            edges
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), edge| {
+                    (
+                        low.min(edge[1]).min(edge[3]),
+                        high.max(edge[1]).max(edge[3]),
+                    )
+                });
+        let count = (edges.len() / EDGES_PER_BAND).clamp(1, MAX_BANDS);
+        let band_height = if max_y > min_y {
+            (max_y - min_y) / count as f64
+        } else {
+            1.0
+        };
+        let mut bands = vec![Vec::new(); count];
+        let band_of = |y: f64| (((y - min_y) / band_height) as usize).min(count - 1);
+        for edge in edges {
+            let (low, high) = (band_of(edge[1].min(edge[3])), band_of(edge[1].max(edge[3])));
+            for band in &mut bands[low..=high] {
+                band.push(edge);
+            }
+        }
+        Self {
+            min_y,
+            max_y,
+            band_height,
+            bands,
+        }
+    }
+
+    /// Tests a point by even-odd ray casting over the edges of its band, which also handles
+    /// holes and the parts of a multipolygon.
+    // NOTE: a point exactly on an edge may test either way, whereas geo's `Contains` always
+    // excludes the boundary.
+    fn contains(&self, x: f64, y: f64) -> bool {
+        if !(self.min_y..=self.max_y).contains(&y) || self.bands.is_empty() {
+            return false;
+        }
+        let band = (((y - self.min_y) / self.band_height) as usize).min(self.bands.len() - 1);
+        let mut inside = false;
+        for &[x1, y1, x2, y2] in &self.bands[band] {
+            if (y1 > y) != (y2 > y) && x < x1 + (y - y1) * (x2 - x1) / (y2 - y1) {
+                inside = !inside;
+            }
+        }
+        inside
+    }
 }
 
 /// A geofence geometry that is not a GeoJSON Polygon or MultiPolygon.
@@ -64,8 +144,13 @@ impl FenceIndex {
                 Some(GeomWithData::new(envelope, index))
             })
             .collect();
+        let bands = fences
+            .iter()
+            .map(|fence| EdgeBands::new(&fence.area))
+            .collect();
         Self {
             fences,
+            bands,
             tree: RTree::bulk_load(envelopes),
         }
     }
@@ -103,13 +188,15 @@ impl FenceIndex {
     pub fn containing(&self, point: Point<f64>) -> Option<&Fence> {
         self.tree
             .locate_all_at_point(&[point.x(), point.y()])
+            .filter(|entry| self.bands[entry.data].contains(point.x(), point.y()))
             .map(|entry| &self.fences[entry.data])
-            .filter(|fence| fence.area.contains(&point))
             .min_by_key(|fence| fence.id.as_str())
     }
 
     /// Tests a `[lon, lat]` point: the containing fence, or the nearest one and the
     /// great-circle distance to its boundary. `None` when the index is empty.
+    // NOTE: the distance step walks every vertex of each candidate fence, so a point outside
+    // fences of thousands of vertices costs about a millisecond (see BENCHMARKS.md).
     pub fn locate(&self, point: Point<f64>) -> Option<GeofenceResult> {
         if let Some(fence) = self.containing(point) {
             return Some(GeofenceResult {
@@ -224,6 +311,34 @@ mod tests {
             "{}",
             result.distance_m
         );
+    }
+
+    #[test]
+    fn band_test_matches_geo_contains() {
+        use geo::Contains;
+
+        // A concave comb with a hole, so rays cross many edges in one band.
+        let area = parse_area(&json!({
+            "type": "Polygon",
+            "coordinates": [
+                [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [8.0, 10.0], [8.0, 2.0], [6.0, 2.0], [6.0, 10.0],
+                 [4.0, 10.0], [4.0, 2.0], [2.0, 2.0], [2.0, 10.0], [0.0, 10.0], [0.0, 0.0]],
+                [[0.5, 0.5], [1.5, 0.5], [1.5, 1.5], [0.5, 1.5], [0.5, 0.5]]
+            ]
+        }))
+        .expect("valid polygon");
+        let bands = EdgeBands::new(&area);
+        for step_x in 0..97 {
+            for step_y in 0..97 {
+                // Offsets keep every probe off the edges, where the two tests may differ.
+                let (x, y) = (-0.37 + step_x as f64 * 0.111, -0.41 + step_y as f64 * 0.113);
+                assert_eq!(
+                    bands.contains(x, y),
+                    area.contains(&Point::new(x, y)),
+                    "({x}, {y})"
+                );
+            }
+        }
     }
 
     #[test]

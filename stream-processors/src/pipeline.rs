@@ -1,8 +1,9 @@
 //! The consume, transform, produce loop every processor runs.
 //!
 //! Records are read from the input topic with a consumer group (cooperative-sticky, offsets
-//! stored by this code and committed in the background), transformed in small batches on the
-//! rayon pool so the async runtime never blocks, and produced to the output topic. A record
+//! stored by this code and committed in the background). They are transformed in small
+//! batches on the rayon pool, so the async runtime never blocks, and produced to the output
+//! topic. A record
 //! that cannot be transformed is produced to the dead-letter topic instead. Either way the
 //! record's offset is stored only after Kafka acknowledged that delivery, and only once every
 //! earlier record of its partition is acknowledged too ([`OffsetTracker`]). A failed delivery
@@ -43,7 +44,7 @@ const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A record transformation run on the rayon pool.
 pub trait Transform: Send + Sync + 'static {
-    /// Turns one input record into the value of its output record, or says why it cannot.
+    /// Turns one input record into its output record, or returns why it cannot.
     fn transform(&self, message: &OwnedMessage) -> Result<Output, Unprocessable>;
 }
 
@@ -58,7 +59,7 @@ pub struct Output {
     pub schema: String,
 }
 
-/// Where a stage reads and writes, and under which names it reports.
+/// Topics, consumer group and reporting name of a stage.
 #[derive(Debug, Clone, Copy)]
 pub struct StageSpec {
     /// Stage name used in dead-letter headers, metric labels and logs.
@@ -167,7 +168,7 @@ struct Pending {
     original: Arc<OwnedMessage>,
 }
 
-/// What became of one delivery attempt.
+/// Outcome of one delivery attempt.
 enum Delivery {
     Acknowledged {
         ticket: Ticket,
@@ -396,8 +397,8 @@ async fn fill_batch(
 
 type BatchResult = (Vec<OwnedMessage>, Vec<Result<Output, Unprocessable>>);
 
-/// Transforms a batch on the rayon pool; parsing and geometry work can take well over a
-/// millisecond per batch, which must not run on an async worker.
+/// Transforms a batch on the rayon pool, because parsing and geometry work can take well over
+/// a millisecond per batch and must not run on an async worker.
 async fn transform_batch<T: Transform>(
     transform: Arc<T>,
     batch: Vec<OwnedMessage>,
@@ -490,8 +491,8 @@ fn plan_retry(
         .saturating_mul(2u32.saturating_pow(attempt.min(16)))
         .min(max);
     if pending.dead_letter && is_permanent(error) {
-        // NOTE: a dead-letter record the broker rejects for good (larger than the topic's
-        // maximum) is retried until an operator raises the limit; the partition stays paused.
+        // NOTE: a dead-letter record that the broker rejects for good (larger than the topic's
+        // maximum) is retried until an operator raises the limit. Its partition stays paused.
         tracing::error!(stage, topic = %pending.topic, %error, "dead-letter record rejected by the broker, retrying");
     } else {
         tracing::warn!(stage, topic = %pending.topic, attempt, backoff_ms = backoff.as_millis() as u64, %error, "delivery failed, retrying");

@@ -1,7 +1,7 @@
 //! Forms and project settings, read at run time from their compacted topics.
 //!
 //! A [`CompactedReader`] assigns every partition of its topic from the beginning, without a
-//! consumer group, keeps the latest value per key in a shared map, and keeps following new
+//! consumer group, and keeps the latest value per key in a shared map. It keeps following new
 //! records, so a changed geofence or a newly registered form takes effect without a restart.
 //! A tombstone (a record without a value) removes its key.
 
@@ -116,14 +116,7 @@ impl<T: Contract + Send + Sync + 'static> CompactedReader<T> {
             .create()?;
         let consumer = Arc::new(consumer);
 
-        // Metadata and watermark requests block the calling thread.
-        let ends = {
-            let consumer = Arc::clone(&consumer);
-            let topic = topic.clone();
-            tokio::task::spawn_blocking(move || end_offsets(&consumer, &topic))
-                .await
-                .map_err(|_| ProcessorError::TaskPanicked)??
-        };
+        let ends = end_offsets(&consumer, &topic).await?;
 
         let mut assignment = TopicPartitionList::new();
         for (partition, _) in &ends {
@@ -199,30 +192,39 @@ impl<T: Contract + Send + Sync + 'static> CompactedReader<T> {
     }
 }
 
-/// Reads the low and high watermark of every partition, retrying while the topic's leaders
-/// are still being elected (a topic created moments ago answers `NotLeaderForPartition`).
-fn end_offsets(
-    consumer: &StreamConsumer,
+/// Low and high watermark of each partition of a topic.
+type Watermarks = Vec<(i32, (i64, i64))>;
+
+/// Reads the watermarks of every partition, retrying while the topic's leaders are still
+/// being elected (a topic created moments ago returns `NotLeaderForPartition`).
+async fn end_offsets(
+    consumer: &Arc<StreamConsumer>,
     topic: &str,
-) -> Result<Vec<(i32, (i64, i64))>, ProcessorError> {
-    let deadline = std::time::Instant::now() + METADATA_TIMEOUT;
+) -> Result<Watermarks, ProcessorError> {
+    let deadline = tokio::time::Instant::now() + METADATA_TIMEOUT;
     loop {
-        match try_end_offsets(consumer, topic) {
-            Ok(ends) if !ends.is_empty() => return Ok(ends),
-            Ok(_) if std::time::Instant::now() < deadline => {}
-            Err(error) if std::time::Instant::now() < deadline => {
-                tracing::debug!(topic, %error, "watermarks not available yet, retrying");
+        // Metadata and watermark requests block the calling thread.
+        let result = {
+            let consumer = Arc::clone(consumer);
+            let topic = topic.to_owned();
+            tokio::task::spawn_blocking(move || try_end_offsets(&consumer, &topic))
+                .await
+                .map_err(|_| ProcessorError::TaskPanicked)?
+        };
+        let retry = tokio::time::Instant::now() < deadline;
+        match result {
+            Ok(ends) if !ends.is_empty() || !retry => return Ok(ends),
+            Ok(_) => {}
+            Err(error) if retry => {
+                tracing::debug!(topic, %error, "watermarks not available yet, retrying")
             }
-            other => return other,
+            Err(error) => return Err(error),
         }
-        std::thread::sleep(Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-fn try_end_offsets(
-    consumer: &StreamConsumer,
-    topic: &str,
-) -> Result<Vec<(i32, (i64, i64))>, ProcessorError> {
+fn try_end_offsets(consumer: &StreamConsumer, topic: &str) -> Result<Watermarks, ProcessorError> {
     let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
     let mut ends = Vec::new();
     for found in metadata

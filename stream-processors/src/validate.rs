@@ -9,24 +9,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fieldforce_kafka::catalog::{FORMS, SUBMISSIONS_RAW, SUBMISSIONS_VALIDATED};
+use fieldforce_kafka::dead_letter::header_str;
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
+use fieldforce_schemas::avro::decode_raw_submission;
 use fieldforce_schemas::codec::{Contract, encode};
 use fieldforce_schemas::form::{FormDefinition, FormField};
 use fieldforce_schemas::odk;
 use fieldforce_schemas::submission::{
     ProcessedSubmission, RawSubmission, Validation, ValidationIssue,
 };
+use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use serde_json::{Map, Value};
 
 use crate::ProcessorError;
 use crate::error::Unprocessable;
 use crate::fields::{leaf_text, values_at};
-use crate::pipeline::{self, Output, StageSpec, Transform, decode_value};
+use crate::pipeline::{self, Output, StageSpec, Transform};
 use crate::registry::{CompactedReader, Registry};
 
-/// Where the validation processor reads and writes.
+/// Topics and consumer group of the validation processor.
 pub const SPEC: StageSpec = StageSpec {
     stage: "validation",
     group_id: "fieldforce-validation",
@@ -58,9 +61,29 @@ impl Validator {
     }
 }
 
+/// Decodes a raw submission in any encoding the raw topic carries: JSON from the gateway, or
+/// Avro (single-object or Confluent framing) and JSON from partners.
+fn decode_raw(message: &OwnedMessage) -> Result<RawSubmission, Unprocessable> {
+    let Some(payload) = message.payload() else {
+        return Err(Unprocessable {
+            code: "missing_value",
+            detail: "the record has no value".to_owned(),
+        });
+    };
+    let content_type = message
+        .headers()
+        .and_then(|headers| header_str(headers, fieldforce_schemas::headers::CONTENT_TYPE));
+    decode_raw_submission(content_type, payload).map_err(|error| Unprocessable {
+        code: "undecodable",
+        detail: error.to_string(),
+    })
+}
+
 impl Transform for Validator {
     fn transform(&self, message: &OwnedMessage) -> Result<Output, Unprocessable> {
-        let submission: RawSubmission = decode_value(message)?;
+        // The raw topic also carries partner records in Avro, so the encoding is read from
+        // the content-type header and the framing rather than assumed to be JSON.
+        let submission = decode_raw(message)?;
         let validation = self.validate(&submission);
         let mut processed = ProcessedSubmission::from_raw(submission);
         processed.validation = Some(validation);
@@ -143,7 +166,8 @@ pub fn validate_submission(
     }
 }
 
-/// Whether `path` lies inside a repeat of the form (or is one), so several values are allowed.
+/// Returns whether `path` is a repeat of the form or lies inside one, so several values are
+/// allowed.
 fn inside_repeat(form: &FormDefinition, path: &str) -> bool {
     form.fields.iter().any(|other| {
         other.repeat && (path == other.path || path.starts_with(&format!("{}/", other.path)))

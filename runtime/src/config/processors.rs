@@ -21,7 +21,7 @@ pub struct ProcessorsConfig {
     /// First wait before producing a record again after a failed delivery, in milliseconds;
     /// it doubles on each failure up to `retry_backoff_max_ms`. Default 100.
     pub retry_backoff_initial_ms: u64,
-    /// Longest wait between delivery attempts of one record, in milliseconds. Default 10000.
+    /// Maximum wait between delivery attempts of one record, in milliseconds. Default 10000.
     pub retry_backoff_max_ms: u64,
     /// How long shutdown waits for in-flight deliveries before committing what is stored and
     /// exiting, in milliseconds. Default 10000.
@@ -66,7 +66,10 @@ impl ProcessorsConfig {
         for (name, value) in [
             ("batch_max_records", self.batch_max_records),
             ("max_in_flight_records", self.max_in_flight_records),
-            ("max_in_flight_per_partition", self.max_in_flight_per_partition),
+            (
+                "max_in_flight_per_partition",
+                self.max_in_flight_per_partition,
+            ),
             ("duplicate_memory_entries", self.duplicate_memory_entries),
         ] {
             if value == 0 {

@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests: a configuration with its own topics on the local
 //! broker, producing and collecting records, and the real boundary set.
 
-#![allow(dead_code, reason = "each test file uses a different subset of the helpers")]
+#![allow(
+    dead_code,
+    reason = "each test file uses a different subset of the helpers"
+)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,11 +15,11 @@ use fieldforce_kafka::client::{base_config, producer_config};
 use fieldforce_runtime::config::Config;
 use fieldforce_schemas::codec::{Contract, encode};
 use fieldforce_schemas::project::Geofence;
+use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::Message;
 
 /// Returns a configuration whose topics have a fresh random prefix, created on the broker.
 pub async fn fresh_config() -> Config {
@@ -38,12 +41,21 @@ pub fn producer(config: &Config) -> FutureProducer {
 }
 
 /// Produces a record and waits for its acknowledgement.
-pub async fn send_bytes(producer: &FutureProducer, topic: &str, key: &str, value: &[u8], partition: Option<i32>) {
+pub async fn send_bytes(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+    partition: Option<i32>,
+) {
     let headers = OwnedHeaders::new().insert(Header {
         key: "test-origin",
         value: Some("integration-test"),
     });
-    let mut record = FutureRecord::to(topic).key(key).payload(value).headers(headers);
+    let mut record = FutureRecord::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(headers);
     if let Some(partition) = partition {
         record = record.partition(partition);
     }
@@ -68,7 +80,10 @@ pub async fn collect(
     mut done: impl FnMut(&[OwnedMessage]) -> bool,
 ) -> Vec<OwnedMessage> {
     let consumer: StreamConsumer = base_config(&config.kafka)
-        .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("test-reader-{}", uuid::Uuid::new_v4().simple()),
+        )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
@@ -91,7 +106,10 @@ pub fn by_key(records: &[OwnedMessage]) -> HashMap<String, Vec<Vec<u8>>> {
     let mut grouped: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
     for record in records {
         let key = String::from_utf8_lossy(record.key().unwrap_or_default()).into_owned();
-        grouped.entry(key).or_default().push(record.payload().unwrap_or_default().to_vec());
+        grouped
+            .entry(key)
+            .or_default()
+            .push(record.payload().unwrap_or_default().to_vec());
     }
     grouped
 }
@@ -111,7 +129,8 @@ pub fn country_fence(code: &str) -> Geofence {
             path.display()
         )
     });
-    let collection: serde_json::Value = serde_json::from_str(&text).expect("the boundary set is JSON");
+    let collection: serde_json::Value =
+        serde_json::from_str(&text).expect("the boundary set is JSON");
     let feature = collection["features"]
         .as_array()
         .expect("the boundary set is a FeatureCollection")
