@@ -62,7 +62,7 @@ stack_status() {
 # storage without fetching anything.
 stack_clean() {
     stack_down
-    rm -rf "$STACK_DATA_DIR" "$STACK_LOG_DIR" "$STACK_RUN_DIR" "$STACK_CONFIG_DIR"
+    rm -rf "$STACK_DATA_DIR" "$STACK_LOG_DIR" "$STACK_RUN_DIR" "$STACK_CONFIG_DIR" "$POSTGRES_BASE_DIR"
     say "removed data, logs and config under $STACK_DIR (downloads kept)"
 }
 

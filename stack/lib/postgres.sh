@@ -2,11 +2,24 @@
 # checkout under .stack/, run with Debian's server binaries. Sourced by
 # stack/stack.sh after common.sh.
 
-POSTGRES_DATA_DIR=$STACK_DATA_DIR/postgresql
+# Prints the folder that holds the cluster's data, socket and log. As root the cluster runs
+# as the postgres user, which cannot enter a checkout under a private folder (a home folder,
+# a mktemp -d folder); such a checkout keeps its cluster under /var/tmp instead, in a folder
+# named after the checkout's path so that two checkouts never share one.
+postgres_base_dir() {
+    if is_root && ! runuser -u postgres -- test -x "$REPO_ROOT" 2>/dev/null; then
+        printf '/var/tmp/fieldforce-postgresql-%s\n' "$(printf '%s' "$REPO_ROOT" | sha256sum | cut -c1-12)"
+    else
+        printf '%s\n' "$STACK_DATA_DIR/postgresql-cluster"
+    fi
+}
+
+POSTGRES_BASE_DIR=$(postgres_base_dir)
+POSTGRES_DATA_DIR=$POSTGRES_BASE_DIR/data
 # The server writes its Unix socket and lock file here instead of /run/postgresql,
 # which belongs to the Debian system cluster.
-POSTGRES_SOCKET_DIR=$STACK_RUN_DIR/postgresql
-POSTGRES_LOG=$STACK_LOG_DIR/postgresql.log
+POSTGRES_SOCKET_DIR=$POSTGRES_BASE_DIR/run
+POSTGRES_LOG=$POSTGRES_BASE_DIR/postgresql.log
 POSTGRES_URL="postgres://$POSTGRES_USER@$POSTGRES_HOST:$POSTGRES_PORT/$POSTGRES_DB"
 
 # Prints the newest Debian server bin folder, for example /usr/lib/postgresql/15/bin.
@@ -48,14 +61,14 @@ postgres_prepare_dirs() {
     mkdir -p "$POSTGRES_DATA_DIR" "$POSTGRES_SOCKET_DIR"
     touch "$POSTGRES_LOG"
     if is_root; then
-        chown "$owner:" "$POSTGRES_DATA_DIR" "$POSTGRES_SOCKET_DIR" "$POSTGRES_LOG"
+        chown "$owner:" "$POSTGRES_BASE_DIR" "$POSTGRES_DATA_DIR" "$POSTGRES_SOCKET_DIR" "$POSTGRES_LOG"
         chmod 700 "$POSTGRES_DATA_DIR"
     fi
 
     # The postgres user must be able to reach the checkout, which fails for
     # example under a private home folder or a mktemp -d folder.
     postgres_as_owner test -w "$POSTGRES_DATA_DIR" ||
-        fail "user $owner cannot write $POSTGRES_DATA_DIR (a parent folder is not searchable by $owner); move the checkout or use FIELDFORCE_STORE_BACKEND=sqlite"
+        fail "user $owner cannot write $POSTGRES_DATA_DIR (a parent folder is not searchable by $owner); use FIELDFORCE_STORE_BACKEND=sqlite"
 }
 
 postgres_init_cluster() {

@@ -8,151 +8,20 @@
 
 #![allow(clippy::unwrap_used, reason = "a test reports a failure by panicking")]
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+mod common;
 
-use bytes::Bytes;
-use fieldforce_kafka::catalog::{self, Catalog};
-use fieldforce_kafka::client::{producer_config, reader_config};
+use std::time::Duration;
+
+use common::{PROJECT, Pipeline, boundaries, first_record, read, samples};
+use fieldforce_kafka::catalog;
+use fieldforce_kafka::client::producer_config;
 use fieldforce_kafka::dead_letter::header_str;
-use fieldforce_replay::client::GatewayClient;
 use fieldforce_replay::geofences;
-use fieldforce_runtime::config::Config;
-use fieldforce_runtime::shutdown::{self, ShutdownTrigger};
 use fieldforce_schemas::headers;
-use futures::TryStreamExt;
-use mongodb::bson::{Document, doc};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use mongodb::bson::Document;
+use rdkafka::Message;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
-use tokio::task::JoinHandle;
-
-const DEV_TOKEN: &str = "fieldforce-dev-token";
-const PROJECT: &str = "e2e";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn samples() -> PathBuf {
-    repo_root().join("tools/replay/samples")
-}
-
-/// Returns the real boundary set, fetching it into `.stack/` when missing.
-fn boundaries() -> PathBuf {
-    let output = std::process::Command::new(repo_root().join("stack/fetch-boundaries"))
-        .output()
-        .expect("stack/fetch-boundaries runs");
-    assert!(
-        output.status.success(),
-        "stack/fetch-boundaries failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-}
-
-struct Pipeline {
-    config: Config,
-    client: GatewayClient,
-    trigger: ShutdownTrigger,
-    tasks: Vec<JoinHandle<()>>,
-    _blobs: tempfile::TempDir,
-}
-
-impl Pipeline {
-    async fn start() -> Self {
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let blobs = tempfile::tempdir().unwrap();
-        let mut config = Config::load(None).expect("configuration loads");
-        config.kafka.topic_prefix = format!("test-e2e-{suffix}.");
-        config.mongodb.database = format!("test_e2e_{suffix}");
-        config.gateway.blob_dir = blobs.path().display().to_string();
-        config.gateway.index_collection = "submission_index".into();
-
-        fieldforce_kafka::admin::apply(&config.kafka, &Catalog::embedded(), true)
-            .await
-            .expect("Kafka answers on 127.0.0.1:9092; run `make up` if it does not");
-
-        let (trigger, shutdown) = shutdown::channel();
-        let mut tasks = Vec::new();
-        let sink = fieldforce_sink_mongodb::run(config.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move { sink.await.expect("sink runs") }));
-        let quality = fieldforce_processors::quality::run(config.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(
-            async move { quality.await.expect("quality runs") },
-        ));
-        let geo = fieldforce_processors::geo::run(config.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move { geo.await.expect("geo runs") }));
-        let validate = fieldforce_processors::validate::run(config.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            validate.await.expect("validation runs")
-        }));
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let gateway = fieldforce_gateway::run(config.clone(), listener, shutdown.clone());
-        tasks.push(tokio::spawn(
-            async move { gateway.await.expect("gateway runs") },
-        ));
-
-        let client = GatewayClient::new(&format!("http://{address}"), DEV_TOKEN);
-        Self {
-            config,
-            client,
-            trigger,
-            tasks,
-            _blobs: blobs,
-        }
-    }
-
-    async fn submissions(&self) -> mongodb::Collection<Document> {
-        mongodb::Client::with_uri_str(&self.config.mongodb.uri)
-            .await
-            .unwrap()
-            .database(&self.config.mongodb.database)
-            .collection("submissions")
-    }
-
-    /// Waits until the store holds `count` documents, then a little longer to catch extras.
-    async fn wait_for_documents(&self, count: u64) -> Vec<Document> {
-        let submissions = self.submissions().await;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let stored = submissions.count_documents(doc! {}).await.unwrap();
-            if stored >= count {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {stored} of {count} documents stored in 120 s"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        submissions
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
-    }
-
-    async fn stop(self) {
-        self.trigger.trigger();
-        for task in self.tasks {
-            tokio::time::timeout(Duration::from_secs(60), task)
-                .await
-                .expect("every service stops within 60 s")
-                .expect("no service panicked");
-        }
-        let client = mongodb::Client::with_uri_str(&self.config.mongodb.uri)
-            .await
-            .unwrap();
-        let _ = client.database(&self.config.mongodb.database).drop().await;
-    }
-}
 
 fn find<'a>(documents: &'a [Document], instance_suffix: &str) -> &'a Document {
     documents
@@ -176,10 +45,6 @@ fn flags(document: &Document) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn read(path: &Path) -> Bytes {
-    Bytes::from(std::fs::read(path).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -404,24 +269,7 @@ async fn poison_record_dead_lettered_with_original_bytes() {
     assert_eq!(documents.len(), 1);
 
     let dead_letters = pipeline.config.kafka.topic(catalog::SUBMISSIONS_DEADLETTER);
-    let consumer: BaseConsumer = reader_config(&pipeline.config.kafka).create().unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(&dead_letters), Duration::from_secs(10))
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for partition in metadata.topics()[0].partitions() {
-        assignment
-            .add_partition_offset(&dead_letters, partition.id(), Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let record = loop {
-        assert!(Instant::now() < deadline, "no dead-letter record in 30 s");
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) {
-            break message.detach();
-        }
-    };
+    let record = first_record(&pipeline.config, &dead_letters);
     assert_eq!(
         record.payload(),
         Some(poison),

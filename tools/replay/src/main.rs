@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fieldforce_replay::{client, load, replay, summary};
+use fieldforce_replay::{client, encode, load, replay, summary};
 
 /// Replay real submissions through the FieldForce gateway, load it, and summarise the result.
 #[derive(Parser)]
@@ -41,6 +41,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Wait until accepted submissions are stored, then report what the pipeline did.
     Summary(summary::SummaryArgs),
+    /// Write a raw submission in an encoding partners produce to Kafka.
+    Encode(encode::EncodeArgs),
 }
 
 #[tokio::main]
@@ -51,6 +53,7 @@ async fn main() -> ExitCode {
         Command::Replay(args) => replay::run(&client, &cli.ledger, args).await,
         Command::Load(args) => load::run(&client, &cli.ledger, args).await,
         Command::Summary(args) => summary::run(&cli.ledger, args).await,
+        Command::Encode(args) => encode::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
