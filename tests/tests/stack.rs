@@ -70,8 +70,35 @@ async fn kafka_keeps_records_of_idempotent_producer() {
             .expect("the stream stays open")
             .expect("no consumer error");
         let payload = String::from_utf8(message.payload().expect("payload").to_vec()).unwrap();
+        consumer.store_offset_from_message(&message).expect("offset stored");
         received.push(payload);
     }
+
+    consumer
+        .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        .expect("the group commits its offsets");
+    let wrapper =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../stack/bin/kafka-consumer-groups");
+    let described = std::process::Command::new(wrapper)
+        .args([
+            "--bootstrap-server",
+            &config.kafka.bootstrap_servers,
+            "--describe",
+            "--group",
+            &group,
+        ])
+        .output()
+        .expect("the kafka-consumer-groups wrapper runs");
+    let table = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.status.success(),
+        "{}",
+        String::from_utf8_lossy(&described.stderr)
+    );
+    assert!(
+        table.contains(&topic),
+        "the wrapper describes the group's partitions: {table}"
+    );
 
     received.sort();
     let mut expected: Vec<String> = (0..RECORDS)
