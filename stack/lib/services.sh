@@ -4,7 +4,8 @@
 SERVICES_BIN_DIR=$REPO_ROOT/target/release
 DEMO_CONFIG=${FIELDFORCE_CONFIG:-$STACK_SRC_DIR/demo/fieldforce.toml}
 
-# Started in pipeline order, so that each stage has a consumer before records reach it.
+# Started from the sink back to the gateway, so that each stage has a consumer before
+# records reach it.
 SERVICES=(fieldforce-sink fieldforce-quality fieldforce-geo fieldforce-validate fieldforce-gateway)
 
 service_log() {

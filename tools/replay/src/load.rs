@@ -72,7 +72,7 @@ pub struct LoadArgs {
     no_setup: bool,
 }
 
-/// Runs the load and returns whether every request got an answer.
+/// Runs the load and returns whether every request received a response.
 pub async fn run(
     client: &GatewayClient,
     ledger_path: &Path,
@@ -227,7 +227,7 @@ fn accepted_ids(format: Format, submissions: &[Generated], outcome: &Outcome) ->
     if format != Format::Batch {
         return submissions.iter().take(1).map(entry).collect();
     }
-    // A batch answers per item; an item counts as accepted when its result says so.
+    // A batch response has one result per item; an item counts as accepted on a 2xx status.
     let results = serde_json::from_str::<serde_json::Value>(&outcome.body)
         .ok()
         .and_then(|body| {
