@@ -9,15 +9,18 @@
 //! - [`form::FormDefinition`] and [`project::ProjectSettings`]: compacted topics that the
 //!   processors read at run time.
 //! - [`headers`]: the Kafka header names every producer sets, including the dead-letter ones.
+//! - [`dead_letter::DeadLetterEnvelope`]: a dead-lettered record as one value, for export tools.
 //!
 //! Records travel as JSON with a `content-type` header; [`codec`] encodes and decodes them,
-//! and the Avro schema of each contract lives under `schemas/avro/`.
+//! and [`avro`] encodes and decodes the Avro form of each contract, whose schemas live
+//! under `schemas/avro/`.
 //! [`odk`] parses the value formats that OpenRosa clients write (geopoints, timestamps).
 
 #![deny(missing_docs)]
 
 pub mod avro;
 pub mod codec;
+pub mod dead_letter;
 pub mod form;
 pub mod headers;
 pub mod odk;
