@@ -251,6 +251,7 @@ pub async fn run<T: Transform>(
     let output: Arc<str> = config.kafka.topic(spec.output).into();
     let dead_letter_topic: Arc<str> = config.kafka.topic(SUBMISSIONS_DEADLETTER).into();
 
+    let group_id = format!("{}{}", settings.group_id_prefix, spec.group_id);
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let context = RebalanceContext {
         tracker: Arc::clone(&tracker),
@@ -258,10 +259,10 @@ pub async fn run<T: Transform>(
         stage: spec.stage,
     };
     let consumer: Arc<GroupConsumer> =
-        Arc::new(consumer_config(&config.kafka, spec.group_id).create_with_context(context)?);
+        Arc::new(consumer_config(&config.kafka, &group_id).create_with_context(context)?);
     consumer.subscribe(&[&input])?;
     let producer: FutureProducer = producer_config(&config.kafka).create()?;
-    tracing::info!(stage = spec.stage, input = %input, output = %output, "processor started");
+    tracing::info!(stage = spec.stage, group = %group_id, input = %input, output = %output, "processor started");
 
     let batch_max = settings.batch_max_records;
     let linger = Duration::from_millis(settings.batch_linger_ms);

@@ -36,6 +36,10 @@ fn spawn_geo(config: &Config) -> Processor {
             &config.kafka.bootstrap_servers,
         )
         .env("FIELDFORCE_KAFKA__TOPIC_PREFIX", &config.kafka.topic_prefix)
+        .env(
+            "FIELDFORCE_PROCESSORS__GROUP_ID_PREFIX",
+            &config.processors.group_id_prefix,
+        )
         .env("FIELDFORCE_PROCESSORS__BATCH_MAX_RECORDS", "64")
         .env("FIELDFORCE_PROCESSORS__CATCH_UP_TIMEOUT_MS", "15000")
         .env("FIELDFORCE_TELEMETRY__LOG_FILTER", "warn")

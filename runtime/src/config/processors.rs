@@ -32,6 +32,10 @@ pub struct ProcessorsConfig {
     /// Recent submissions the quality processor remembers per process to find the same
     /// answers sent again from one device. Older entries are forgotten first. Default 100000.
     pub duplicate_memory_entries: usize,
+    /// Text put before each processor's consumer group id (`fieldforce-validation`,
+    /// `fieldforce-geo`, `fieldforce-quality`), so that deployments or test runs sharing a
+    /// cluster never join each other's groups. Default empty.
+    pub group_id_prefix: String,
 }
 
 impl Default for ProcessorsConfig {
@@ -47,6 +51,7 @@ impl Default for ProcessorsConfig {
             shutdown_drain_timeout_ms: 10_000,
             catch_up_timeout_ms: 30_000,
             duplicate_memory_entries: 100_000,
+            group_id_prefix: String::new(),
         }
     }
 }

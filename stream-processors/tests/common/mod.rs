@@ -25,7 +25,12 @@ use rdkafka::util::Timeout;
 pub async fn fresh_config() -> Config {
     let mut config = Config::default();
     config.kafka.topic_prefix = format!("test-{}.", uuid::Uuid::new_v4().simple());
+    // Groups are per test too: a member of a killed test process would otherwise hold up
+    // the rebalances of every later run until its session times out.
+    config.processors.group_id_prefix = config.kafka.topic_prefix.clone();
     config.processors.catch_up_timeout_ms = 15_000;
+    config.telemetry.log_filter = "warn".to_owned();
+    fieldforce_runtime::telemetry::init(&config.telemetry);
     config.processors.batch_linger_ms = 2;
     fieldforce_kafka::admin::apply(&config.kafka, &Catalog::embedded(), true)
         .await
@@ -48,10 +53,15 @@ pub async fn send_bytes(
     value: &[u8],
     partition: Option<i32>,
 ) {
-    let headers = OwnedHeaders::new().insert(Header {
-        key: "test-origin",
-        value: Some("integration-test"),
-    });
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: fieldforce_schemas::headers::CONTENT_TYPE,
+            value: Some(fieldforce_schemas::codec::JSON_CONTENT_TYPE),
+        })
+        .insert(Header {
+            key: "test-origin",
+            value: Some("integration-test"),
+        });
     let mut record = FutureRecord::to(topic)
         .key(key)
         .payload(value)
