@@ -114,7 +114,7 @@ impl EdgeBands {
 pub struct InvalidFence {
     /// Geofence id.
     pub id: String,
-    /// What is wrong with its geometry.
+    /// Reason the geometry was rejected.
     pub reason: String,
 }
 
@@ -179,12 +179,13 @@ impl FenceIndex {
         self.fences.len()
     }
 
-    /// Whether the index has no fence.
+    /// Returns whether the index has no fence.
     pub fn is_empty(&self) -> bool {
         self.fences.is_empty()
     }
 
-    /// Returns the first fence that contains the point, by index order.
+    /// Returns the fence that contains the point, the one with the smallest id when fences
+    /// overlap.
     pub fn containing(&self, point: Point<f64>) -> Option<&Fence> {
         self.tree
             .locate_all_at_point(&[point.x(), point.y()])
