@@ -17,6 +17,7 @@ STACK := stack/stack.sh
 up:
 	@$(STACK) up
 	@$(CARGO) run --quiet -p fieldforce-kafka --bin fieldforce-topics -- apply
+	@stack/fetch-boundaries >/dev/null
 
 ## down: stop every stack process started from this checkout
 down:
@@ -36,7 +37,6 @@ clean-stack:
 
 ## test: start the stack, check formatting and lints, then run every test against the stack
 test: up lint
-	@stack/fetch-boundaries >/dev/null
 	$(CARGO_TEST)
 
 ## lint: rustfmt and clippy, with warnings denied

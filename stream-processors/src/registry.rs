@@ -65,8 +65,9 @@ impl<T> Registry<T> {
 }
 
 impl Registry<FormDefinition> {
-    /// Returns the registered form version; a submission without a version looks up the
-    /// form registered with an empty version.
+    /// Returns the registered form version. A submission without a version (JSON clients
+    /// often send none) gets the form registered without a version, or else the version
+    /// registered last.
     pub fn form(
         &self,
         org_id: &str,
@@ -74,12 +75,25 @@ impl Registry<FormDefinition> {
         form_id: &str,
         version: Option<&str>,
     ) -> Option<Arc<FormDefinition>> {
-        self.get(&form_topic_key(
-            org_id,
-            project_id,
-            form_id,
-            version.unwrap_or(""),
-        ))
+        if let Some(version) = version {
+            return self.get(&form_topic_key(org_id, project_id, form_id, version));
+        }
+        if let Some(unversioned) = self.get(&form_topic_key(org_id, project_id, form_id, "")) {
+            return Some(unversioned);
+        }
+        // A scan, but only for unversioned submissions, over a map of registered forms that
+        // holds hundreds of entries, not millions.
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .values()
+            .filter(|form| {
+                form.org_id == org_id && form.project_id == project_id && form.form_id == form_id
+            })
+            .max_by_key(|form| form.registered_at_ms)
+            .cloned()
     }
 }
 
@@ -262,5 +276,63 @@ fn apply_record<T: Contract, M: Message>(registry: &Registry<T>, topic: &str, me
             %error,
             "undecodable compacted record skipped, the previous value is kept"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fieldforce_schemas::form::FORM_DEFINITION_VERSION;
+
+    use super::*;
+
+    fn form(version: &str, registered_at_ms: i64) -> FormDefinition {
+        FormDefinition {
+            schema_version: FORM_DEFINITION_VERSION,
+            org_id: "org".into(),
+            project_id: "project".into(),
+            form_id: "household".into(),
+            version: version.into(),
+            title: None,
+            fields: Vec::new(),
+            registered_at_ms,
+            xform_sha256: String::new(),
+        }
+    }
+
+    fn registry(forms: &[FormDefinition]) -> Registry<FormDefinition> {
+        let registry = Registry::default();
+        for form in forms {
+            registry.put(form.topic_key(), Some(form.clone()));
+        }
+        registry
+    }
+
+    #[test]
+    fn versioned_lookup_is_exact() {
+        let registry = registry(&[form("1", 10), form("2", 20)]);
+        let found = registry
+            .form("org", "project", "household", Some("1"))
+            .unwrap();
+        assert_eq!(found.version, "1");
+        assert!(
+            registry
+                .form("org", "project", "household", Some("3"))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn unversioned_submission_gets_latest_registration() {
+        let registry = registry(&[form("2", 20), form("10", 30), form("3", 25)]);
+        let found = registry.form("org", "project", "household", None).unwrap();
+        assert_eq!(found.version, "10");
+        assert!(registry.form("org", "other", "household", None).is_none());
+    }
+
+    #[test]
+    fn unversioned_form_wins_for_unversioned_submission() {
+        let registry = registry(&[form("", 5), form("2", 20)]);
+        let found = registry.form("org", "project", "household", None).unwrap();
+        assert_eq!(found.version, "");
     }
 }

@@ -38,7 +38,11 @@ fn kcat_produce(bootstrap: &str, topic: &str, key: &str, headers: &[&str], file:
 }
 
 /// An encoder of raw submissions, with the kcat headers its records need.
-type Encoding = (&'static str, fn(&RawSubmission) -> Vec<u8>, &'static [&'static str]);
+type Encoding = (
+    &'static str,
+    fn(&RawSubmission) -> Vec<u8>,
+    &'static [&'static str],
+);
 
 fn example_submission(id: &str) -> RawSubmission {
     let text = std::fs::read(repo_root().join("schemas/examples/raw-submission.json")).unwrap();

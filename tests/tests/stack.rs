@@ -70,7 +70,9 @@ async fn kafka_keeps_records_of_idempotent_producer() {
             .expect("the stream stays open")
             .expect("no consumer error");
         let payload = String::from_utf8(message.payload().expect("payload").to_vec()).unwrap();
-        consumer.store_offset_from_message(&message).expect("offset stored");
+        consumer
+            .store_offset_from_message(&message)
+            .expect("offset stored");
         received.push(payload);
     }
 

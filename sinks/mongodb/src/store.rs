@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bson::{Document, RawDocumentBuf, doc};
+use bson::{DateTime, Document, RawDocumentBuf, doc};
 use fieldforce_runtime::config::{MongoConfig, SinkConfig};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::options::{
@@ -149,7 +149,10 @@ impl Store {
         if originals.is_empty() {
             return Ok(());
         }
-        let documents = originals.iter().map(|&index| &batch[index].raw);
+        let stored_at = DateTime::now();
+        let documents = originals
+            .iter()
+            .map(|&index| with_stored_at(&batch[index].raw, stored_at));
         let result = self.collection.insert_many(documents).ordered(false).await;
         for &index in originals {
             outcomes[index] = DocumentOutcome::Written;
@@ -186,12 +189,13 @@ impl Store {
         // NOTE: edits go to the store one replace at a time (concurrently), because the
         // `bulkWrite` command behind the driver's `Client::bulk_write` needs MongoDB 8.0 and
         // FerretDB 1.24 lacks it. Edits are rare next to originals, so this costs little.
+        let stored_at = DateTime::now();
         let replies = futures::future::join_all(edits.iter().map(|&index| {
             let document = &batch[index];
             let filter =
                 doc! { "_id": &document.id, "revision": { "$lt": document.revision as i64 } };
             self.collection
-                .replace_one(filter, &document.raw)
+                .replace_one(filter, with_stored_at(&document.raw, stored_at))
                 .upsert(true)
                 .into_future()
         }))
@@ -301,6 +305,15 @@ fn index_models() -> Vec<(&'static str, IndexModel)> {
             ),
         ),
     ]
+}
+
+/// Adds the store's clock as `stored_at`, for accepted-to-stored latency. It is set at write
+/// time, outside the document built from the record, because a replay that finds the
+/// submission already stored leaves the first `stored_at` in place.
+fn with_stored_at(raw: &RawDocumentBuf, stored_at: DateTime) -> RawDocumentBuf {
+    let mut document = raw.clone();
+    document.append("stored_at", stored_at);
+    document
 }
 
 #[cfg(test)]

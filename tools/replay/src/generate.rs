@@ -133,9 +133,15 @@ impl Generator {
         }
     }
 
-    /// Generates the next submission.
+    /// Generates the next submission, for a project chosen at random.
     pub fn next_submission(&mut self) -> Generated {
         let plan_index = self.rng.random_range(0..self.plans.len());
+        self.next_for_plan(plan_index)
+    }
+
+    /// Generates the next submission for the given project plan, as the items of one batch
+    /// must be: a batch goes to one project.
+    pub fn next_for_plan(&mut self, plan_index: usize) -> Generated {
         let plan = self.plans[plan_index].clone();
         let enumerator = self.rng.random_range(0..self.enumerators_per_project);
         let user = format!("{}-enumerator-{enumerator}", plan.project_id);
@@ -248,6 +254,19 @@ mod tests {
             let (a, b) = (first.next_submission(), second.next_submission());
             assert_eq!(a.instance_id, b.instance_id);
             assert_eq!(a.kind, b.kind);
+        }
+    }
+
+    #[test]
+    fn batch_items_share_their_project() {
+        let mut several = plans();
+        several.push(ProjectPlan {
+            project_id: "p2".into(),
+            ..several[0].clone()
+        });
+        let mut generator = Generator::new(5, several, 3, 0.0);
+        for _ in 0..10 {
+            assert_eq!(generator.next_for_plan(1).plan, 1);
         }
     }
 

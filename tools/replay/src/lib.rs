@@ -9,11 +9,13 @@
 //! - `summary` waits until every accepted submission is stored, then reports what the
 //!   pipeline did with them: stored, dead-lettered by reason, flagged by quality check,
 //!   outside a geofence, accepted-to-stored latency and the lag of every consumer group.
+//! - `find` prints stored submissions as JSON.
 //! - `encode` writes a raw submission in an encoding partners produce to Kafka (Avro
 //!   single-object, Confluent framing, JSON), for `kcat` or any other client to send.
 
 pub mod client;
 pub mod encode;
+pub mod find;
 pub mod generate;
 pub mod geofences;
 pub mod input;

@@ -123,9 +123,10 @@ pub async fn run(
         } else {
             1
         };
-        let submissions: Vec<Generated> = (0..batch_len)
-            .map(|_| generator.next_submission())
-            .collect();
+        let first = generator.next_submission();
+        let plan_index = first.plan;
+        let mut submissions = vec![first];
+        submissions.extend((1..batch_len).map(|_| generator.next_for_plan(plan_index)));
         for submission in &submissions {
             *generated.entry(submission.kind).or_default() += 1;
         }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fieldforce_replay::{client, encode, load, replay, summary};
+use fieldforce_replay::{client, encode, find, load, replay, summary};
 
 /// Replay real submissions through the FieldForce gateway, load it, and summarise the result.
 #[derive(Parser)]
@@ -43,6 +43,8 @@ enum Command {
     Summary(summary::SummaryArgs),
     /// Write a raw submission in an encoding partners produce to Kafka.
     Encode(encode::EncodeArgs),
+    /// Print stored submissions as JSON.
+    Find(find::FindArgs),
 }
 
 #[tokio::main]
@@ -54,6 +56,7 @@ async fn main() -> ExitCode {
         Command::Load(args) => load::run(&client, &cli.ledger, args).await,
         Command::Summary(args) => summary::run(&cli.ledger, args).await,
         Command::Encode(args) => encode::run(args),
+        Command::Find(args) => find::run(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
