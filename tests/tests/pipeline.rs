@@ -173,6 +173,10 @@ async fn accepted_submissions_stored_exactly_once() {
             .unwrap()
             .contains_key("score")
     );
+    assert!(
+        edited.get_datetime("stored_at").is_ok(),
+        "the sink records when it stored"
+    );
 
     let rushed = find(&documents, "7e9f0a1b2c05");
     let rushed_flags = flags(rushed);
