@@ -81,7 +81,7 @@ async fn every_partner_encoding_is_stored() {
         let id = format!("uuid:partner-{name}");
         let stored = documents
             .iter()
-            .find(|document| document.get_str("_id") == Ok(id.as_str()))
+            .find(|document| document.get_str("submission_id") == Ok(id.as_str()))
             .unwrap_or_else(|| panic!("{name}: {id} not stored"));
         assert_eq!(stored.get_str("source").unwrap(), "partner", "{name}");
         let fields = stored.get_document("fields").unwrap();

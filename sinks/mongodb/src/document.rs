@@ -64,7 +64,10 @@ pub fn to_document(
     processed: &ProcessedSubmission,
     max_bytes: u64,
 ) -> Result<StoredDocument, DocumentError> {
-    let id = processed.submission.submission_id.clone();
+    let id = stored_id(
+        &processed.submission.org_id,
+        &processed.submission.submission_id,
+    );
     let unencodable = |detail: String| DocumentError::Unencodable {
         id: id.clone(),
         detail,
@@ -89,13 +92,21 @@ pub fn to_document(
     })
 }
 
+/// Returns the `_id` of a stored submission. Submission ids are unique only within an
+/// organisation (JSON clients choose their own, and some instanceIDs are plain words), so the
+/// organisation is part of the key and one tenant's submission never shadows another's.
+pub fn stored_id(org_id: &str, submission_id: &str) -> String {
+    format!("{org_id}/{submission_id}")
+}
+
 fn build(processed: &ProcessedSubmission) -> Result<Document, bson::ser::Error> {
     let submission = &processed.submission;
     // The gateway's clock; device times stay inside `fields`.
     let received_at = DateTime::from_millis(submission.received_at_ms);
 
     let mut document = doc! {
-        "_id": &submission.submission_id,
+        "_id": stored_id(&submission.org_id, &submission.submission_id),
+        "submission_id": &submission.submission_id,
         "schema_version": processed.schema_version as i64,
         "org_id": &submission.org_id,
         "project_id": &submission.project_id,
@@ -227,11 +238,26 @@ mod tests {
     }
 
     #[test]
+    fn same_submission_id_in_two_organisations_gets_two_ids() {
+        let first = processed();
+        let mut second = processed();
+        second.submission.org_id = "another-org".into();
+
+        let first = to_document(&first, u64::MAX).unwrap();
+        let second = to_document(&second, u64::MAX).unwrap();
+
+        assert_ne!(first.id, second.id);
+        assert!(second.id.starts_with("another-org/"), "{}", second.id);
+    }
+
+    #[test]
     fn review_fields_are_top_level_and_typed() {
         let stored = to_document(&processed(), 16 * 1024 * 1024).unwrap();
         let document = stored.raw.to_document().unwrap();
 
-        assert_eq!(document.get_str("_id").unwrap(), "uuid:1");
+        assert_eq!(document.get_str("submission_id").unwrap(), "uuid:1");
+        let org = document.get_str("org_id").unwrap();
+        assert_eq!(document.get_str("_id").unwrap(), format!("{org}/uuid:1"));
         assert_eq!(document.get_i64("revision").unwrap(), 2);
         assert_eq!(
             document.get_str("processing_status").unwrap(),

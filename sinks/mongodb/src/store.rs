@@ -272,7 +272,7 @@ fn write_concern(mongodb: &MongoConfig) -> WriteConcern {
 
 fn index_models() -> Vec<(&'static str, IndexModel)> {
     let named = |name: &str| IndexOptions::builder().name(name.to_owned()).build();
-    let mut identity = named("form_instance_unique");
+    let mut identity = named("org_form_instance_unique");
     identity.unique = Some(true);
     // JSON submissions may have no instanceID; without the filter every such submission of a
     // form would collide on a null key.
@@ -293,9 +293,18 @@ fn index_models() -> Vec<(&'static str, IndexModel)> {
             "processing_status",
             model(doc! { "processing_status": 1 }, named("processing_status")),
         ),
+        // Clients and operators know a submission by its id, which `_id` carries only after
+        // the organisation.
         (
-            "form_instance_unique",
-            model(doc! { "form_id": 1, "instance_id": 1 }, identity),
+            "submission_id",
+            model(doc! { "submission_id": 1 }, named("submission_id")),
+        ),
+        (
+            "org_form_instance_unique",
+            model(
+                doc! { "org_id": 1, "form_id": 1, "instance_id": 1 },
+                identity,
+            ),
         ),
         (
             "location_point_2dsphere",

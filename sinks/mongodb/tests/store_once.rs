@@ -56,7 +56,7 @@ async fn stores_newest_revision_once_per_submission() {
     for index in 0..40 {
         let id = format!("sub-{index:03}");
         let stored = collection
-            .find_one(doc! {"_id": &id})
+            .find_one(doc! {"submission_id": &id})
             .await
             .expect("find")
             .expect("document stored");
@@ -155,7 +155,7 @@ async fn dead_letters_too_large_document_and_stores_batch_mates() {
     assert_eq!(count(&collection).await, 10);
     assert!(
         collection
-            .find_one(doc! {"_id": "too-large"})
+            .find_one(doc! {"submission_id": "too-large"})
             .await
             .expect("find")
             .is_none()

@@ -59,12 +59,12 @@ pub async fn run(ledger_path: &Path, args: SummaryArgs) -> anyhow::Result<bool> 
         for chunk in waiting.chunks(1000) {
             let ids: Vec<Bson> = chunk.iter().map(|id| Bson::String((*id).clone())).collect();
             let mut cursor = submissions
-                .find(doc! { "_id": { "$in": ids } })
-                .projection(doc! { "_id": 1 })
+                .find(doc! { "submission_id": { "$in": ids } })
+                .projection(doc! { "submission_id": 1 })
                 .await?;
             let now = ledger::now_ms();
             while let Some(document) = cursor.try_next().await? {
-                if let Ok(id) = document.get_str("_id") {
+                if let Ok(id) = document.get_str("submission_id") {
                     first_seen.entry(id.to_owned()).or_insert(now);
                 }
             }
@@ -108,7 +108,7 @@ pub async fn run(ledger_path: &Path, args: SummaryArgs) -> anyhow::Result<bool> 
     let mut stored_latency_us = Vec::new();
     let mut cursor = submissions
         .find(doc! {})
-        .projection(doc! { "quality.flags.check": 1, "location.geofence.inside": 1, "processing_status": 1, "stored_at": 1 })
+        .projection(doc! { "submission_id": 1, "quality.flags.check": 1, "location.geofence.inside": 1, "processing_status": 1, "stored_at": 1 })
         .await?;
     while let Some(document) = cursor.try_next().await? {
         if let Ok(quality) = document.get_document("quality") {
@@ -131,9 +131,10 @@ pub async fn run(ledger_path: &Path, args: SummaryArgs) -> anyhow::Result<bool> 
         if inside == Ok(false) {
             outside += 1;
         }
-        if let (Ok(id), Ok(stored_at)) =
-            (document.get_str("_id"), document.get_datetime("stored_at"))
-            && let Some(accepted) = accepted_at.get(id)
+        if let (Ok(id), Ok(stored_at)) = (
+            document.get_str("submission_id"),
+            document.get_datetime("stored_at"),
+        ) && let Some(accepted) = accepted_at.get(id)
         {
             let micros = (stored_at.timestamp_millis() - accepted).max(0) * 1000;
             stored_latency_us.push(micros as u64);
