@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use fieldforce_kafka::catalog::{
     FORMS, PROJECT_SETTINGS, SUBMISSIONS_LOCATED, SUBMISSIONS_VALIDATED,
@@ -29,7 +28,7 @@ use crate::error::Unprocessable;
 use crate::fields::{leaf_text, leaves, texts_at};
 use crate::geofence::FenceIndex;
 use crate::pipeline::{self, Output, StageSpec, Transform, decode_value};
-use crate::registry::{CompactedReader, Registry};
+use crate::registry::{Registry, caught_up_registry};
 
 /// Topics and consumer group of the geo processor.
 pub const SPEC: StageSpec = StageSpec {
@@ -127,27 +126,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProcessorErro
     let metrics = crate::metrics::Metrics::register(&mut registry, SPEC.stage);
     let ready = crate::admin::start(&config, registry, shutdown.clone()).await?;
 
-    let timeout = Duration::from_millis(config.processors.catch_up_timeout_ms);
-    let mut forms = CompactedReader::<FormDefinition>::start(
-        &config.kafka,
-        config.kafka.topic(FORMS),
-        shutdown.clone(),
-    )
-    .await?;
-    let mut projects = CompactedReader::<ProjectSettings>::start(
-        &config.kafka,
-        config.kafka.topic(PROJECT_SETTINGS),
-        shutdown.clone(),
-    )
-    .await?;
-    forms.wait_caught_up(timeout).await;
-    projects.wait_caught_up(timeout).await;
+    let forms = caught_up_registry::<FormDefinition>(&config, FORMS, shutdown.clone()).await?;
+    let projects =
+        caught_up_registry::<ProjectSettings>(&config, PROJECT_SETTINGS, shutdown.clone()).await?;
     ready.set();
 
-    let transform = Arc::new(Locator::new(
-        Arc::clone(&forms.registry),
-        Arc::clone(&projects.registry),
-    ));
+    let transform = Arc::new(Locator::new(forms, projects));
     pipeline::run(&config, SPEC, transform, metrics, shutdown).await
 }
 

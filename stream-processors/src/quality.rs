@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, Timelike};
 use fieldforce_kafka::catalog::{
@@ -29,7 +28,7 @@ use crate::error::Unprocessable;
 use crate::fields::{first_text, leaf_text, leaves, texts_at};
 use crate::geo::{GPS_MISSING, GPS_NULL_ISLAND, GPS_OUT_OF_RANGE};
 use crate::pipeline::{self, Output, StageSpec, Transform, decode_value};
-use crate::registry::{CompactedReader, Registry};
+use crate::registry::{Registry, caught_up_registry};
 
 /// Topics and consumer group of the quality processor.
 pub const SPEC: StageSpec = StageSpec {
@@ -230,26 +229,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProcessorErro
     let metrics = crate::metrics::Metrics::register(&mut registry, SPEC.stage);
     let ready = crate::admin::start(&config, registry, shutdown.clone()).await?;
 
-    let timeout = Duration::from_millis(config.processors.catch_up_timeout_ms);
-    let mut forms = CompactedReader::<FormDefinition>::start(
-        &config.kafka,
-        config.kafka.topic(FORMS),
-        shutdown.clone(),
-    )
-    .await?;
-    let mut projects = CompactedReader::<ProjectSettings>::start(
-        &config.kafka,
-        config.kafka.topic(PROJECT_SETTINGS),
-        shutdown.clone(),
-    )
-    .await?;
-    forms.wait_caught_up(timeout).await;
-    projects.wait_caught_up(timeout).await;
+    let forms = caught_up_registry::<FormDefinition>(&config, FORMS, shutdown.clone()).await?;
+    let projects =
+        caught_up_registry::<ProjectSettings>(&config, PROJECT_SETTINGS, shutdown.clone()).await?;
     ready.set();
 
     let transform = Arc::new(Scorer::new(
-        Arc::clone(&forms.registry),
-        Arc::clone(&projects.registry),
+        forms,
+        projects,
         config.processors.duplicate_memory_entries,
     ));
     pipeline::run(&config, SPEC, transform, metrics, shutdown).await

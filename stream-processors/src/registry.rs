@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use fieldforce_kafka::client::base_config;
-use fieldforce_runtime::config::KafkaConfig;
+use fieldforce_kafka::client::reader_config;
+use fieldforce_runtime::config::{Config, KafkaConfig};
 use fieldforce_runtime::shutdown::Shutdown;
 use fieldforce_schemas::codec::{Contract, decode};
 use fieldforce_schemas::form::{FormDefinition, form_topic_key};
@@ -121,13 +121,7 @@ impl<T: Contract + Send + Sync + 'static> CompactedReader<T> {
         topic: String,
         mut shutdown: Shutdown,
     ) -> Result<Self, ProcessorError> {
-        let consumer: StreamConsumer = base_config(kafka)
-            // The reader assigns partitions itself and never joins or commits to this group;
-            // librdkafka still wants a group id before it accepts an assignment.
-            .set("group.id", "fieldforce-compacted-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .create()?;
+        let consumer: StreamConsumer = reader_config(kafka).create()?;
         let consumer = Arc::new(consumer);
 
         let ends = end_offsets(&consumer, &topic).await?;
@@ -204,6 +198,23 @@ impl<T: Contract + Send + Sync + 'static> CompactedReader<T> {
         }
         caught_up
     }
+}
+
+/// Starts a reader of the catalog topic `catalog_name` and waits, up to
+/// `processors.catch_up_timeout_ms`, until it has read to the end offsets seen at start, so a
+/// processor never judges its first records against settings it has not read yet.
+pub async fn caught_up_registry<T: Contract + Send + Sync + 'static>(
+    config: &Config,
+    catalog_name: &str,
+    shutdown: Shutdown,
+) -> Result<Arc<Registry<T>>, ProcessorError> {
+    let mut reader =
+        CompactedReader::<T>::start(&config.kafka, config.kafka.topic(catalog_name), shutdown)
+            .await?;
+    reader
+        .wait_caught_up(Duration::from_millis(config.processors.catch_up_timeout_ms))
+        .await;
+    Ok(reader.registry)
 }
 
 /// Low and high watermark of each partition of a topic.

@@ -6,7 +6,6 @@
 //! `encrypted_not_checked` and `valid: true`, because its answers cannot be read.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use fieldforce_kafka::catalog::{FORMS, SUBMISSIONS_RAW, SUBMISSIONS_VALIDATED};
 use fieldforce_kafka::dead_letter::header_str;
@@ -27,7 +26,7 @@ use crate::ProcessorError;
 use crate::error::Unprocessable;
 use crate::fields::{leaf_text, values_at};
 use crate::pipeline::{self, Output, StageSpec, Transform};
-use crate::registry::{CompactedReader, Registry};
+use crate::registry::{Registry, caught_up_registry};
 
 /// Topics and consumer group of the validation processor.
 pub const SPEC: StageSpec = StageSpec {
@@ -101,18 +100,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProcessorErro
     let metrics = crate::metrics::Metrics::register(&mut registry, SPEC.stage);
     let ready = crate::admin::start(&config, registry, shutdown.clone()).await?;
 
-    let mut forms = CompactedReader::<FormDefinition>::start(
-        &config.kafka,
-        config.kafka.topic(FORMS),
-        shutdown.clone(),
-    )
-    .await?;
-    forms
-        .wait_caught_up(Duration::from_millis(config.processors.catch_up_timeout_ms))
-        .await;
+    let forms = caught_up_registry::<FormDefinition>(&config, FORMS, shutdown.clone()).await?;
     ready.set();
 
-    let transform = Arc::new(Validator::new(Arc::clone(&forms.registry)));
+    let transform = Arc::new(Validator::new(forms));
     pipeline::run(&config, SPEC, transform, metrics, shutdown).await
 }
 
