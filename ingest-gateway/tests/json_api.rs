@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use fieldforce_kafka::catalog::{FORMS, PROJECT_SETTINGS, SUBMISSIONS_RAW};
+use fieldforce_kafka::catalog::{Catalog, FORMS, PROJECT_SETTINGS, SUBMISSIONS_RAW};
 use serde_json::json;
 use support::{CENSUS_TOKEN, DEV_TOKEN, Gateway, fixture, new_id, read_records, test_config};
 
@@ -387,4 +387,72 @@ async fn broker_down_answers_503() {
     assert_eq!(retry.status, 503, "{}", retry.body);
     assert_eq!(gateway.send("GET", "/readyz", &[], "").await.status, 503);
     gateway.stop().await;
+}
+
+/// Forwards every connection on `listener` to the real broker, until the task is aborted.
+async fn forward_to_broker(listener: tokio::net::TcpListener, broker: String) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&broker).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn client_retry_succeeds_once_broker_is_back() {
+    let mut config = test_config();
+    let broker = config.kafka.bootstrap_servers.clone();
+    fieldforce_kafka::admin::apply(&config.kafka, &Catalog::embedded(), true)
+        .await
+        .expect("creating test topics failed: is the local stack up (make up)?");
+
+    // The gateway bootstraps through a loopback port where nothing listens yet: the broker
+    // is unreachable. Later a forwarder opens that port, and the broker is back.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bootstrap = reserved.local_addr().unwrap();
+    drop(reserved);
+    config.kafka.bootstrap_servers = bootstrap.to_string();
+    config.gateway.delivery_timeout_ms = 1_500;
+    let gateway = Gateway::start_without_topics(config).await;
+    let xml = fixture("household_survey.xml", &new_id(), "");
+
+    let refused = gateway
+        .post_openrosa("/submission", Some(DEV_TOKEN), &xml, &[])
+        .await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+
+    let listener = tokio::net::TcpListener::bind(bootstrap).await.unwrap();
+    let forwarder = tokio::spawn(forward_to_broker(listener, broker));
+
+    // ODK Collect retries a failed upload; here the retries come every second for 60 s.
+    let mut last = refused;
+    for _ in 0..60 {
+        last = gateway
+            .post_openrosa("/submission", Some(DEV_TOKEN), &xml, &[])
+            .await;
+        if last.status == 201 {
+            break;
+        }
+        assert_eq!(
+            last.status, 503,
+            "only 503 while the broker is coming back: {}",
+            last.body
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        last.status, 201,
+        "the retry succeeds once the broker is back: {}",
+        last.body
+    );
+
+    let raw = gateway.topic(SUBMISSIONS_RAW);
+    let records = read_records(&gateway.config, &raw, 1, Duration::from_secs(2)).await;
+    assert_eq!(records.len(), 1, "exactly one record for the submission");
+
+    gateway.stop().await;
+    forwarder.abort();
 }

@@ -39,7 +39,7 @@ pub struct RawSubmission {
     /// `meta/deprecatedID`: the instanceID of the version this edit supersedes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deprecated_id: Option<String>,
-    /// How the submission reached FieldForce.
+    /// Channel the submission arrived through.
     pub source: SubmissionSource,
     /// Gateway clock when the submission was accepted, in milliseconds since the Unix epoch.
     /// Device times stay inside [`RawSubmission::fields`].
@@ -68,7 +68,7 @@ pub struct RawSubmission {
     pub encrypted: Option<EncryptedSubmission>,
 }
 
-/// How a submission reached FieldForce.
+/// Channel a submission arrives through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubmissionSource {
@@ -92,7 +92,7 @@ pub struct Attachment {
     pub sha256: String,
     /// Content type sniffed from the bytes, falling back to the one the client declared.
     pub content_type: String,
-    /// Where the blob store keeps it (`file:///...` or `s3://bucket/key`).
+    /// Location in the blob store (`file:///...` or `s3://bucket/key`).
     pub blob_uri: String,
 }
 
@@ -104,11 +104,11 @@ pub struct EncryptedSubmission {
     /// The manifest's signature element, base64 as sent, when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted_signature: Option<String>,
-    /// Name of the attachment that holds the encrypted instance XML.
+    /// Name of the attachment that contains the encrypted instance XML.
     pub encrypted_xml_file: String,
 }
 
-/// What became of a submission on its way through the processors.
+/// Outcome of a submission's way through the processors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProcessingStatus {
@@ -216,7 +216,7 @@ pub struct GeometryField {
     pub geometry: serde_json::Value,
 }
 
-/// Where a point falls against a project's geofences.
+/// Position of a point relative to a project's geofences.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GeofenceResult {
     /// Whether the point is inside at least one of the project's geofences.
@@ -244,6 +244,6 @@ pub struct QualityFlag {
     pub check: String,
     /// Points taken off the score.
     pub penalty: u8,
-    /// Why it fired, with the measured value and the threshold.
+    /// Reason it fired, with the measured value and the threshold.
     pub reason: String,
 }

@@ -77,7 +77,7 @@ pub struct ProjectPlan {
     pub outside: [f64; 2],
 }
 
-/// What a generated request carries.
+/// Kind of a generated submission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     /// An ordinary submission.
@@ -95,7 +95,7 @@ pub enum Kind {
 /// One generated submission.
 #[derive(Debug, Clone)]
 pub struct Generated {
-    /// Which project plan it goes to.
+    /// Index of the project plan it goes to.
     pub plan: usize,
     /// Enumerator user name.
     pub user: String,
@@ -105,7 +105,7 @@ pub struct Generated {
     pub xml: String,
     /// The Kobo/Ona JSON shape of the same answers.
     pub json: serde_json::Value,
-    /// What kind of record it is.
+    /// Kind of record.
     pub kind: Kind,
 }
 

@@ -25,14 +25,14 @@ use crate::client::AttachmentFile;
 pub enum Item {
     /// An XForm to register.
     Form {
-        /// Where it was read from.
+        /// Path it was read from.
         path: PathBuf,
         /// The XForm document.
         xform: Bytes,
     },
     /// An OpenRosa instance with the attachments found for it.
     OpenRosa {
-        /// Where it was read from.
+        /// Path it was read from.
         path: PathBuf,
         /// The instance XML.
         xml: Bytes,
@@ -41,16 +41,16 @@ pub enum Item {
     },
     /// A JSON API submission.
     Json {
-        /// Where it was read from.
+        /// Path it was read from.
         path: PathBuf,
         /// The JSON document.
         body: Bytes,
     },
     /// A file that is not a submission.
     Skipped {
-        /// Where it was found.
+        /// Path it was found at.
         path: PathBuf,
-        /// Why it is not sent.
+        /// Reason it is not sent.
         reason: String,
     },
 }
