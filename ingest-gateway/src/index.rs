@@ -196,7 +196,9 @@ struct WarnLimiter {
 }
 
 impl WarnLimiter {
-    fn warn(&self, error: &IndexStoreError, action: &str) {
+    /// Returns the number of warnings left out since the last logged one when this one is to
+    /// be logged, or `None` when it falls inside the interval and is only counted.
+    fn admit(&self) -> Option<u64> {
         let mut state = self
             .state
             .lock()
@@ -207,10 +209,17 @@ impl WarnLimiter {
             .is_some_and(|last| now.duration_since(last) < WARN_INTERVAL)
         {
             state.1 += 1;
-            return;
+            return None;
         }
-        tracing::warn!(%error, action, suppressed = state.1, "submission index store unavailable, using memory only");
+        let suppressed = state.1;
         *state = (Some(now), 0);
+        Some(suppressed)
+    }
+
+    fn warn(&self, error: &IndexStoreError, action: &str) {
+        if let Some(suppressed) = self.admit() {
+            tracing::warn!(%error, action, suppressed, "submission index store unavailable, using memory only");
+        }
     }
 }
 
@@ -224,6 +233,7 @@ pub struct SubmissionIndex {
     writes: Mutex<Option<mpsc::Sender<(String, IndexEntry)>>>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     warnings: Arc<WarnLimiter>,
+    queue_warnings: WarnLimiter,
 }
 
 impl SubmissionIndex {
@@ -250,6 +260,7 @@ impl SubmissionIndex {
             writes: Mutex::new(sender),
             writer: Mutex::new(writer),
             warnings,
+            queue_warnings: WarnLimiter::default(),
         }
     }
 
@@ -312,7 +323,14 @@ impl SubmissionIndex {
         if let Some(sender) = writes.as_ref()
             && sender.try_send((key, entry)).is_err()
         {
-            tracing::warn!("submission index write queue full, entry kept in memory only");
+            // Under a burst this fires once per request, so it is rate-limited like the
+            // store warnings.
+            if let Some(suppressed) = self.queue_warnings.admit() {
+                tracing::warn!(
+                    suppressed,
+                    "submission index write queue full, entry kept in memory only"
+                );
+            }
         }
     }
 
