@@ -3,8 +3,9 @@
 //! post is a resend, a conflict, an edit or a split upload.
 //!
 //! A bounded in-memory map sits in front of a persistent [`IndexStore`] (MongoDB in
-//! production): a miss reads the store, and accepted entries are written behind in small
-//! batches after their delivery report. When the store is unreachable the gateway warns and
+//! production): misses of concurrent requests are gathered into one `$in` query, and
+//! accepted entries are written behind in batches after their delivery report, so the store
+//! sees a few requests per burst rather than one per submission. When the store is unreachable the gateway warns and
 //! goes on with memory alone; the sink stays the final arbiter, since it keeps the highest
 //! revision and ignores identical duplicates.
 //!
@@ -19,10 +20,17 @@ use bson::{Document, doc};
 use fieldforce_schemas::submission::Attachment;
 use futures::future::BoxFuture;
 use mongodb::Collection;
-use tokio::sync::{OwnedMutexGuard, mpsc};
+use tokio::sync::{OwnedMutexGuard, Semaphore, mpsc, oneshot};
 
 /// Entries the write-behind task stores in one round.
-const WRITE_BATCH: usize = 100;
+const WRITE_BATCH: usize = 500;
+/// Keys read from the store in one query.
+const LOOKUP_BATCH: usize = 256;
+/// Lookup queries in flight at once: enough to hide one query's round trip, few enough that
+/// a slow store does not get a new query for every waiting request.
+const LOOKUP_CONCURRENCY: usize = 4;
+/// Lookups waiting for a query before new ones skip the store.
+const LOOKUP_QUEUE: usize = 4_096;
 /// Entries waiting for the write-behind task before new ones are dropped from it (the
 /// in-memory map still holds them).
 const WRITE_QUEUE: usize = 10_000;
@@ -61,15 +69,18 @@ pub enum IndexStoreError {
     /// The request did not finish in time.
     #[error("submission index request timed out")]
     TimedOut,
+    /// More lookups are waiting for the store than the queue holds.
+    #[error("submission index lookup queue is full")]
+    Overloaded,
 }
 
 /// The persistent side of the index.
 pub trait IndexStore: Send + Sync {
-    /// Reads one entry by its `org/instanceID` key.
-    fn load<'a>(
+    /// Reads the entries of the given `org/instanceID` keys; absent keys are left out.
+    fn load_many<'a>(
         &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<IndexEntry>, IndexStoreError>>;
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, IndexEntry>, IndexStoreError>>;
     /// Writes entries, replacing older ones with the same key.
     fn save<'a>(
         &'a self,
@@ -91,15 +102,29 @@ impl MongoIndexStore {
 }
 
 impl IndexStore for MongoIndexStore {
-    fn load<'a>(
+    fn load_many<'a>(
         &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<IndexEntry>, IndexStoreError>> {
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, IndexEntry>, IndexStoreError>> {
         Box::pin(async move {
-            let Some(document) = self.collection.find_one(doc! { "_id": key }).await? else {
-                return Ok(None);
-            };
-            entry_from_document(key, &document).map(Some)
+            let mut cursor = self
+                .collection
+                .find(doc! { "_id": { "$in": keys } })
+                .await?;
+            let mut entries = HashMap::with_capacity(keys.len());
+            while cursor.advance().await? {
+                let document = cursor.deserialize_current()?;
+                let key = document
+                    .get_str("_id")
+                    .map_err(|error| IndexStoreError::Invalid {
+                        key: format!("{:?}", document.get("_id")),
+                        reason: error.to_string(),
+                    })?
+                    .to_owned();
+                let entry = entry_from_document(&key, &document)?;
+                entries.insert(key, entry);
+            }
+            Ok(entries)
         })
     }
 
@@ -108,16 +133,46 @@ impl IndexStore for MongoIndexStore {
         entries: &'a [(String, IndexEntry)],
     ) -> BoxFuture<'a, Result<(), IndexStoreError>> {
         Box::pin(async move {
-            for (key, entry) in entries {
-                let document = entry_to_document(key, entry)?;
+            let documents = entries
+                .iter()
+                .map(|(key, entry)| entry_to_document(key, entry))
+                .collect::<Result<Vec<_>, _>>()?;
+
+            // Most entries are first revisions of new instances, so one unordered insert
+            // stores them. Only keys that exist already (split uploads) are replaced one by
+            // one, because upserts are the slow path on some servers (FerretDB 1.24).
+            let existing = match self.collection.insert_many(&documents).ordered(false).await {
+                Ok(_) => return Ok(()),
+                Err(error) => duplicate_positions(error)?,
+            };
+            for position in existing {
+                let (key, _) = &entries[position];
                 self.collection
-                    .replace_one(doc! { "_id": key }, document)
-                    .upsert(true)
+                    .replace_one(doc! { "_id": key }, &documents[position])
                     .await?;
             }
             Ok(())
         })
     }
+}
+
+/// Returns the positions of an unordered insert that failed only because their `_id` exists,
+/// or the error when anything else failed.
+fn duplicate_positions(error: mongodb::error::Error) -> Result<Vec<usize>, IndexStoreError> {
+    const DUPLICATE_KEY: i32 = 11_000;
+    let mongodb::error::ErrorKind::InsertMany(failure) = error.kind.as_ref() else {
+        return Err(error.into());
+    };
+    let write_errors = failure.write_errors.as_deref().unwrap_or_default();
+    if failure.write_concern_error.is_some()
+        || write_errors.is_empty()
+        || write_errors
+            .iter()
+            .any(|failed| failed.code != DUPLICATE_KEY)
+    {
+        return Err(error.into());
+    }
+    Ok(write_errors.iter().map(|failed| failed.index).collect())
 }
 
 fn entry_to_document(key: &str, entry: &IndexEntry) -> Result<Document, IndexStoreError> {
@@ -223,43 +278,79 @@ impl WarnLimiter {
     }
 }
 
+/// Store availability, shared by the request path and the background tasks.
+#[derive(Debug, Default)]
+struct StoreHealth {
+    down_until: Mutex<Option<Instant>>,
+    warnings: WarnLimiter,
+}
+
+impl StoreHealth {
+    fn backing_off(&self) -> bool {
+        let until = self
+            .down_until
+            .lock()
+            .expect("index backoff lock is never poisoned");
+        until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Leaves the store alone for a while and warns, rate-limited.
+    fn failed(&self, error: &IndexStoreError, action: &str) {
+        *self
+            .down_until
+            .lock()
+            .expect("index backoff lock is never poisoned") = Some(Instant::now() + STORE_BACKOFF);
+        self.warnings.warn(error, action);
+    }
+}
+
+/// One request's store lookup. The lookup task replies `None` when the store query failed.
+type Lookup = (String, oneshot::Sender<Option<Option<IndexEntry>>>);
+
 /// The submission index shared by every request.
 pub struct SubmissionIndex {
     cache: Mutex<BoundedMap>,
-    store: Option<Arc<dyn IndexStore>>,
     timeout: Duration,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    store_down_until: Mutex<Option<Instant>>,
+    health: Arc<StoreHealth>,
+    lookups: Option<mpsc::Sender<Lookup>>,
     writes: Mutex<Option<mpsc::Sender<(String, IndexEntry)>>>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    warnings: Arc<WarnLimiter>,
     queue_warnings: WarnLimiter,
 }
 
 impl SubmissionIndex {
-    /// Creates the index with an optional persistent store and starts its write-behind task.
+    /// Creates the index with an optional persistent store and starts its lookup and
+    /// write-behind tasks.
     pub fn new(store: Option<Arc<dyn IndexStore>>, capacity: usize, timeout: Duration) -> Self {
-        let warnings = Arc::new(WarnLimiter::default());
-        let (sender, writer) = match &store {
+        let health = Arc::new(StoreHealth::default());
+        let (lookups, writes, writer) = match &store {
             Some(store) => {
-                let (sender, receiver) = mpsc::channel(WRITE_QUEUE);
-                let task = tokio::spawn(write_behind(store.clone(), receiver, warnings.clone()));
-                (Some(sender), Some(task))
+                let (lookup_sender, lookup_receiver) = mpsc::channel(LOOKUP_QUEUE);
+                tokio::spawn(look_up_in_batches(
+                    store.clone(),
+                    lookup_receiver,
+                    health.clone(),
+                    timeout,
+                ));
+                let (write_sender, write_receiver) = mpsc::channel(WRITE_QUEUE);
+                let task =
+                    tokio::spawn(write_behind(store.clone(), write_receiver, health.clone()));
+                (Some(lookup_sender), Some(write_sender), Some(task))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         Self {
             cache: Mutex::new(BoundedMap {
                 capacity,
                 ..BoundedMap::default()
             }),
-            store,
             timeout,
             locks: Mutex::new(HashMap::new()),
-            store_down_until: Mutex::new(None),
-            writes: Mutex::new(sender),
+            health,
+            lookups,
+            writes: Mutex::new(writes),
             writer: Mutex::new(writer),
-            warnings,
             queue_warnings: WarnLimiter::default(),
         }
     }
@@ -286,31 +377,38 @@ impl SubmissionIndex {
         lock.lock_owned().await
     }
 
-    /// Looks a key up in memory, then in the store.
+    /// Looks a key up in memory, then in the store. A store that fails, times out or has
+    /// too many lookups waiting counts as a miss.
     pub async fn get(&self, key: &str) -> Option<IndexEntry> {
         if let Some(entry) = self.cached(key) {
             return Some(entry);
         }
-        let store = self.store.as_ref()?;
-        if self.store_backing_off() {
+        let lookups = self.lookups.as_ref()?;
+        if self.health.backing_off() {
             return None;
         }
-        let result = match tokio::time::timeout(self.timeout, store.load(key)).await {
-            Ok(result) => result,
-            Err(_) => Err(IndexStoreError::TimedOut),
-        };
-        match result {
-            Ok(Some(entry)) => {
-                self.remember(key.to_owned(), entry.clone());
-                Some(entry)
-            }
-            Ok(None) => None,
-            Err(error) => {
-                self.back_off();
-                self.warnings.warn(&error, "load");
-                None
-            }
+
+        let (answer, answered) = oneshot::channel();
+        if lookups.try_send((key.to_owned(), answer)).is_err() {
+            // The store is slow rather than down, so it is not backed off.
+            self.health
+                .warnings
+                .warn(&IndexStoreError::Overloaded, "queue lookup");
+            return None;
         }
+        let entry = match tokio::time::timeout(self.timeout, answered).await {
+            Ok(Ok(Some(entry))) => entry,
+            // The lookup task already warned about the failed query.
+            Ok(Ok(None)) | Ok(Err(_)) => return None,
+            Err(_) => {
+                self.health.failed(&IndexStoreError::TimedOut, "load");
+                return None;
+            }
+        };
+        if let Some(entry) = &entry {
+            self.remember(key.to_owned(), entry.clone());
+        }
+        entry
     }
 
     /// Records an accepted instance in memory and queues it for the store.
@@ -369,33 +467,60 @@ impl SubmissionIndex {
             .expect("index cache lock is never poisoned");
         cache.insert(key, entry);
     }
+}
 
-    fn store_backing_off(&self) -> bool {
-        let until = self
-            .store_down_until
-            .lock()
-            .expect("index backoff lock is never poisoned");
-        until.is_some_and(|until| Instant::now() < until)
-    }
-
-    fn back_off(&self) {
-        let mut until = self
-            .store_down_until
-            .lock()
-            .expect("index backoff lock is never poisoned");
-        *until = Some(Instant::now() + STORE_BACKOFF);
+/// Resolves lookups with one `$in` query per gathered batch. Every lookup that arrives while
+/// the queries in flight run joins the next one.
+async fn look_up_in_batches(
+    store: Arc<dyn IndexStore>,
+    mut receiver: mpsc::Receiver<Lookup>,
+    health: Arc<StoreHealth>,
+    timeout: Duration,
+) {
+    let permits = Arc::new(Semaphore::new(LOOKUP_CONCURRENCY));
+    let mut batch = Vec::with_capacity(LOOKUP_BATCH);
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        if receiver.recv_many(&mut batch, LOOKUP_BATCH).await == 0 {
+            return;
+        }
+        let lookups = std::mem::replace(&mut batch, Vec::with_capacity(LOOKUP_BATCH));
+        let (store, health) = (store.clone(), health.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut keys: Vec<String> = lookups.iter().map(|(key, _)| key.clone()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let found = match tokio::time::timeout(timeout, store.load_many(&keys)).await {
+                Ok(Ok(found)) => Some(found),
+                Ok(Err(error)) => {
+                    health.failed(&error, "load");
+                    None
+                }
+                Err(_) => {
+                    health.failed(&IndexStoreError::TimedOut, "load");
+                    None
+                }
+            };
+            for (key, answer) in lookups {
+                // A requester that timed out has dropped its receiver, so the send error is expected.
+                let _ = answer.send(found.as_ref().map(|found| found.get(&key).cloned()));
+            }
+        });
     }
 }
 
 async fn write_behind(
     store: Arc<dyn IndexStore>,
     mut receiver: mpsc::Receiver<(String, IndexEntry)>,
-    warnings: Arc<WarnLimiter>,
+    health: Arc<StoreHealth>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while receiver.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         if let Err(error) = store.save(&batch).await {
-            warnings.warn(&error, "save");
+            health.failed(&error, "save");
         }
         batch.clear();
     }

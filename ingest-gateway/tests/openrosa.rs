@@ -545,3 +545,51 @@ async fn index_survives_gateway_restart() {
     assert_eq!(records.len(), 1);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn split_upload_across_restarts_updates_stored_entry() {
+    let config = test_config();
+    let xml = fixture("household_survey.xml", &new_id(), "");
+    let jpeg: &[u8] = &[0xFF, 0xD8, 0xFF, 0xE0, 9];
+    let all_attachments: &[(&str, &[u8])] = &[
+        ("fîlé_façade.jpg", jpeg),
+        ("😂back_صورة.jpg", jpeg),
+        ("empty_note.m4a", b""),
+    ];
+
+    let gateway = Gateway::start(config.clone()).await;
+    let first = gateway
+        .post_openrosa("/submission", Some(DEV_TOKEN), &xml, &all_attachments[..1])
+        .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    gateway.stop().await;
+
+    // The second part finds the entry in the store and saves it again under the same key,
+    // so the store must replace it rather than keep the first part's attachments.
+    let gateway = Gateway::start(config.clone()).await;
+    let second = gateway
+        .post_openrosa("/submission", Some(DEV_TOKEN), &xml, &all_attachments[1..])
+        .await;
+    assert_eq!(second.status, 201, "{}", second.body);
+    assert!(
+        second.body.contains("received successfully"),
+        "{}",
+        second.body
+    );
+    gateway.stop().await;
+
+    let gateway = Gateway::start(config).await;
+    let resend = gateway
+        .post_openrosa("/submission", Some(DEV_TOKEN), &xml, all_attachments)
+        .await;
+    assert_eq!(resend.status, 201, "{}", resend.body);
+    assert!(resend.body.contains("already received"), "{}", resend.body);
+
+    let records = read_records(&gateway.config, &gateway.topic(SUBMISSIONS_RAW), 2, QUIET).await;
+    assert_eq!(
+        records.len(),
+        2,
+        "the full resend must not produce a third record"
+    );
+    gateway.stop().await;
+}
