@@ -137,13 +137,16 @@ async fn catches_up_after_store_outage() {
     })
     .await;
 
-    // Outage: the store goes away while records keep arriving.
+    // Outage: the store stays away for 30 s while records keep arriving, 200 every 3 s.
     let directory = store.stop();
-    let second: Vec<_> = (1_000..3_000)
-        .map(|index| submission(&format!("o-{index:05}"), 0))
-        .collect();
-    produce(&config, &second).await;
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    for wave in 0..10 {
+        let start = 1_000 + wave * 200;
+        let records: Vec<_> = (start..start + 200)
+            .map(|index| submission(&format!("o-{index:05}"), 0))
+            .collect();
+        produce(&config, &records).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let (committed_during_outage, end) = committed_and_end(&config);
     assert!(
         committed_during_outage < end,
