@@ -1,6 +1,6 @@
 //! Lag sampled inside a consumer service, for its [`LagMetrics`] gauges.
 //!
-//! Only the service knows which records it has read but not finished, so it measures from the
+//! Only the service can tell which records it has read but not finished, so it measures from the
 //! oldest of them: the lag in records runs from that record to the log end, and the lag in
 //! seconds is that record's age. With nothing in flight the measure starts at the consumer's
 //! position (the next record it will be handed), or at the committed offset before it has read
