@@ -230,9 +230,7 @@ impl History {
             })
         };
         // The newest sample at least a window old, or else the oldest one there is.
-        let covered = samples_of_group()
-            .filter(|(at_ms, _)| *at_ms <= latest.at_ms - window_ms)
-            .last();
+        let covered = samples_of_group().rfind(|(at_ms, _)| *at_ms <= latest.at_ms - window_ms);
         let status = match covered {
             Some((_, earlier)) => Some(lag::classify(earlier, group, settings.thresholds)),
             None => {

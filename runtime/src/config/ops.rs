@@ -71,7 +71,8 @@ impl OpsConfig {
                 self.history_s, self.sample_interval_ms
             ));
         }
-        if self.lagging_records < 0 || !(self.lagging_seconds >= 0.0) {
+        // NaN fails the check too, because it is not a usable threshold.
+        if self.lagging_records < 0 || self.lagging_seconds.is_nan() || self.lagging_seconds < 0.0 {
             problems.push(format!(
                 "ops.lagging_records {} and ops.lagging_seconds {} must not be negative",
                 self.lagging_records, self.lagging_seconds
