@@ -18,6 +18,8 @@ source "$lib_dir/postgres.sh"
 source "$lib_dir/ferretdb.sh"
 # shellcheck source=lib/services.sh
 source "$lib_dir/services.sh"
+# shellcheck source=lib/chromium.sh
+source "$lib_dir/chromium.sh"
 
 print_logs() {
     say "logs are in $STACK_LOG_DIR:"
@@ -33,6 +35,7 @@ stack_up() {
     ensure_dirs
     # kcat is how partner systems are played in the tests: a plain Kafka client, not ours.
     command -v kcat >/dev/null || require_debian_package kcat "kcat is the partner-side Kafka client of the tests"
+    chromium_install
     kafka_up
     ferretdb_up
     print_logs

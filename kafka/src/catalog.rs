@@ -20,12 +20,15 @@ pub const FORMS: &str = "forms";
 /// Catalog name of the compacted project settings topic.
 pub const PROJECT_SETTINGS: &str = "project-settings";
 
+/// Consumer group of the sink, before the deployment's `sink.group_id_prefix`.
+pub const SINK_GROUP: &str = "fieldforce-sink";
+
 /// Consumer groups of the pipeline and the catalog topic each one reads, in pipeline order.
 pub const PIPELINE_GROUPS: [(&str, &str); 4] = [
     ("fieldforce-validation", SUBMISSIONS_RAW),
     ("fieldforce-geo", SUBMISSIONS_VALIDATED),
     ("fieldforce-quality", SUBMISSIONS_LOCATED),
-    ("fieldforce-sink", SUBMISSIONS_PROCESSED),
+    (SINK_GROUP, SUBMISSIONS_PROCESSED),
 ];
 
 /// The parsed catalog.

@@ -7,7 +7,8 @@
 //! - [`offsets`]: which offset of a partition may be committed, given the records whose
 //!   output is durable.
 //! - [`dead_letter`]: building a dead-letter record that keeps the original bytes.
-//! - [`lag`]: consumer-group lag in records and seconds, and a status per group.
+//! - [`lag`]: consumer-group lag in records and seconds, and a status per group; the lag gauges
+//!   every consumer service exports, and their sampling inside the service.
 
 #![deny(missing_docs)]
 

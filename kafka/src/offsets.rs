@@ -10,7 +10,7 @@
 //! Each assignment of a partition gets a new epoch. Tickets from before a revocation carry the
 //! old epoch and are ignored, so stale work from a revoked partition is never committed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 /// A topic and partition.
 pub type TopicPartition = (String, i32);
@@ -28,7 +28,8 @@ pub struct Ticket {
 #[derive(Debug)]
 struct PartitionState {
     epoch: u64,
-    in_flight: BTreeSet<i64>,
+    /// Offsets in flight and the timestamp of each record, in milliseconds since the epoch.
+    in_flight: BTreeMap<i64, Option<i64>>,
     last_started: Option<i64>,
     last_committable: Option<i64>,
 }
@@ -53,7 +54,7 @@ impl OffsetTracker {
             partition,
             PartitionState {
                 epoch: self.next_epoch,
-                in_flight: BTreeSet::new(),
+                in_flight: BTreeMap::new(),
                 last_started: None,
                 last_committable: None,
             },
@@ -65,9 +66,15 @@ impl OffsetTracker {
         self.partitions.remove(partition);
     }
 
-    /// Starts a record and returns its ticket. A partition that was never assigned (a consumer
+    /// Starts a record and returns its ticket. The record's timestamp (milliseconds since the
+    /// epoch) is kept for the lag in seconds. A partition that was never assigned (a consumer
     /// that subscribes without a rebalance callback) is assigned on first use.
-    pub fn start(&mut self, partition: TopicPartition, offset: i64) -> Ticket {
+    pub fn start(
+        &mut self,
+        partition: TopicPartition,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+    ) -> Ticket {
         if !self.partitions.contains_key(&partition) {
             self.assign(partition.clone());
         }
@@ -75,7 +82,7 @@ impl OffsetTracker {
             .partitions
             .get_mut(&partition)
             .expect("the partition was assigned above");
-        state.in_flight.insert(offset);
+        state.in_flight.insert(offset, timestamp_ms);
         // Reading started here, so committing this offset would move nothing.
         state.last_committable.get_or_insert(offset);
         state.last_started = Some(state.last_started.map_or(offset, |last| last.max(offset)));
@@ -90,11 +97,11 @@ impl OffsetTracker {
     /// read) when it moved, or `None` when it did not or the ticket is stale.
     pub fn complete(&mut self, ticket: &Ticket) -> Option<i64> {
         let state = self.partitions.get_mut(&ticket.partition)?;
-        if state.epoch != ticket.epoch || !state.in_flight.remove(&ticket.offset) {
+        if state.epoch != ticket.epoch || state.in_flight.remove(&ticket.offset).is_none() {
             return None;
         }
-        let committable = match state.in_flight.first() {
-            Some(&oldest_in_flight) => oldest_in_flight,
+        let committable = match state.in_flight.first_key_value() {
+            Some((&oldest_in_flight, _)) => oldest_in_flight,
             // Kafka commits the next offset to read, hence the +1.
             None => state.last_started? + 1,
         };
@@ -106,6 +113,15 @@ impl OffsetTracker {
         }
         state.last_committable = Some(committable);
         Some(committable)
+    }
+
+    /// Returns the offset and timestamp of the oldest record of a partition still in flight.
+    pub fn oldest_in_flight(&self, partition: &TopicPartition) -> Option<(i64, Option<i64>)> {
+        let state = self.partitions.get(partition)?;
+        state
+            .in_flight
+            .first_key_value()
+            .map(|(&offset, &timestamp_ms)| (offset, timestamp_ms))
     }
 
     /// Returns the number of records in flight across all partitions.
@@ -128,9 +144,9 @@ mod tests {
     #[test]
     fn commits_only_contiguous_completions() {
         let mut tracker = OffsetTracker::new();
-        let first = tracker.start(partition(0), 10);
-        let second = tracker.start(partition(0), 11);
-        let third = tracker.start(partition(0), 12);
+        let first = tracker.start(partition(0), 10, None);
+        let second = tracker.start(partition(0), 11, None);
+        let third = tracker.start(partition(0), 12, None);
 
         assert_eq!(
             tracker.complete(&third),
@@ -145,8 +161,8 @@ mod tests {
     #[test]
     fn partitions_are_independent() {
         let mut tracker = OffsetTracker::new();
-        let slow = tracker.start(partition(0), 5);
-        let fast = tracker.start(partition(1), 7);
+        let slow = tracker.start(partition(0), 5, None);
+        let fast = tracker.start(partition(1), 7, None);
         assert_eq!(tracker.complete(&fast), Some(8));
         assert_eq!(tracker.complete(&slow), Some(6));
     }
@@ -154,19 +170,37 @@ mod tests {
     #[test]
     fn revoked_partition_tickets_are_ignored() {
         let mut tracker = OffsetTracker::new();
-        let stale = tracker.start(partition(0), 3);
+        let stale = tracker.start(partition(0), 3, None);
         tracker.revoke(&partition(0));
         tracker.assign(partition(0));
         assert_eq!(tracker.complete(&stale), None);
 
-        let fresh = tracker.start(partition(0), 3);
+        let fresh = tracker.start(partition(0), 3, None);
         assert_eq!(tracker.complete(&fresh), Some(4));
+    }
+
+    #[test]
+    fn oldest_in_flight_follows_completions() {
+        let mut tracker = OffsetTracker::new();
+        let first = tracker.start(partition(0), 20, Some(1_000));
+        let _second = tracker.start(partition(0), 21, Some(2_000));
+        assert_eq!(
+            tracker.oldest_in_flight(&partition(0)),
+            Some((20, Some(1_000)))
+        );
+
+        tracker.complete(&first);
+        assert_eq!(
+            tracker.oldest_in_flight(&partition(0)),
+            Some((21, Some(2_000)))
+        );
+        assert_eq!(tracker.oldest_in_flight(&partition(1)), None);
     }
 
     #[test]
     fn completing_twice_changes_nothing() {
         let mut tracker = OffsetTracker::new();
-        let ticket = tracker.start(partition(0), 0);
+        let ticket = tracker.start(partition(0), 0, None);
         assert_eq!(tracker.complete(&ticket), Some(1));
         assert_eq!(tracker.complete(&ticket), None);
     }

@@ -1,7 +1,9 @@
 //! Every metric of the stream processors, declared once. Names follow
 //! `fieldforce_processor_<name>_<unit>[_total]`; the only label is `stage` (`validation`,
-//! `geo`, `quality`), a fixed list.
+//! `geo`, `quality`), a fixed list. The consumer-lag gauges shared with the sink are declared
+//! in [`fieldforce_kafka::lag::metrics`] and registered here.
 
+use fieldforce_kafka::lag::metrics::LagMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -37,11 +39,13 @@ pub struct Metrics {
     pub commit_failures: Counter,
     /// Records read and not yet acknowledged.
     pub in_flight: Gauge,
+    /// Consumer lag per assigned partition.
+    pub lag: LagMetrics,
 }
 
 impl Metrics {
-    /// Registers every metric under `registry` for one stage.
-    pub fn register(registry: &mut Registry, stage: &'static str) -> Self {
+    /// Registers every metric under `registry` for one stage and its consumer group.
+    pub fn register(registry: &mut Registry, stage: &'static str, group_id: &str) -> Self {
         let label = StageLabel { stage };
         let counter = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<StageLabel, Counter>::default();
@@ -112,6 +116,7 @@ impl Metrics {
             rebalances,
             commit_failures,
             in_flight: in_flight_family.get_or_create(&label).clone(),
+            lag: LagMetrics::register(registry, group_id),
         }
     }
 }

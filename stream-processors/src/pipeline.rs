@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use fieldforce_kafka::catalog::SUBMISSIONS_DEADLETTER;
 use fieldforce_kafka::client::{consumer_config, producer_config};
 use fieldforce_kafka::dead_letter::dead_letter_record;
+use fieldforce_kafka::lag::consumer::ConsumerLagSampler;
 use fieldforce_kafka::offsets::{OffsetTracker, Ticket, TopicPartition};
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
@@ -72,6 +73,12 @@ pub struct StageSpec {
     pub output: &'static str,
 }
 
+/// Returns the consumer group id of a stage in this deployment: the configured prefix, then
+/// the stage's group.
+pub fn group_id(config: &Config, spec: &StageSpec) -> String {
+    format!("{}{}", config.processors.group_id_prefix, spec.group_id)
+}
+
 /// Decodes a record value of a contract, or classifies it as undecodable.
 pub fn decode_value<T: Contract>(message: &OwnedMessage) -> Result<T, Unprocessable> {
     let Some(payload) = message.payload() else {
@@ -122,6 +129,9 @@ impl ConsumerContext for RebalanceContext {
                 "partition revoked"
             );
             tracker.revoke(&(element.topic().to_owned(), element.partition()));
+            self.metrics
+                .lag
+                .revoke(element.topic(), element.partition());
         }
     }
 
@@ -139,6 +149,9 @@ impl ConsumerContext for RebalanceContext {
                 "partition assigned"
             );
             tracker.assign((element.topic().to_owned(), element.partition()));
+            self.metrics
+                .lag
+                .assign(element.topic(), element.partition());
         }
     }
 
@@ -251,7 +264,7 @@ pub async fn run<T: Transform>(
     let output: Arc<str> = config.kafka.topic(spec.output).into();
     let dead_letter_topic: Arc<str> = config.kafka.topic(SUBMISSIONS_DEADLETTER).into();
 
-    let group_id = format!("{}{}", settings.group_id_prefix, spec.group_id);
+    let group_id = group_id(config, &spec);
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let context = RebalanceContext {
         tracker: Arc::clone(&tracker),
@@ -261,6 +274,16 @@ pub async fn run<T: Transform>(
     let consumer: Arc<GroupConsumer> =
         Arc::new(consumer_config(&config.kafka, &group_id).create_with_context(context)?);
     consumer.subscribe(&[&input])?;
+    ConsumerLagSampler::new(
+        &config.kafka,
+        &consumer,
+        Arc::clone(&tracker),
+        metrics.lag.clone(),
+    )?
+    .spawn(
+        Duration::from_millis(settings.lag_sample_interval_ms),
+        shutdown.clone(),
+    );
     let producer: FutureProducer = producer_config(&config.kafka).create()?;
     tracing::info!(stage = spec.stage, group = %group_id, input = %input, output = %output, "processor started");
 
@@ -306,7 +329,7 @@ pub async fn run<T: Transform>(
                     let mut tracker = tracker.lock().unwrap_or_else(PoisonError::into_inner);
                     batch
                         .iter()
-                        .map(|message| tracker.start((message.topic().to_owned(), message.partition()), message.offset()))
+                        .map(|message| tracker.start((message.topic().to_owned(), message.partition()), message.offset(), message.timestamp().to_millis()))
                         .collect()
                 };
 

@@ -226,7 +226,11 @@ impl Transform for Scorer {
 /// Runs the quality processor until shutdown.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProcessorError> {
     let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = crate::metrics::Metrics::register(&mut registry, SPEC.stage);
+    let metrics = crate::metrics::Metrics::register(
+        &mut registry,
+        SPEC.stage,
+        &pipeline::group_id(&config, &SPEC),
+    );
     let ready = crate::admin::start(&config, registry, shutdown.clone()).await?;
 
     let forms = caught_up_registry::<FormDefinition>(&config, FORMS, shutdown.clone()).await?;

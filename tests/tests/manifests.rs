@@ -179,6 +179,8 @@ fn grace_period_outlasts_drain_deadline() {
         let drain_ms = match name {
             "fieldforce-gateway" => config.gateway.shutdown_timeout_ms,
             "fieldforce-sink" => config.sink.shutdown_drain_timeout_ms,
+            // The operations service drains nothing: it only reads.
+            "fieldforce-ops" => 0,
             _ => config.processors.shutdown_drain_timeout_ms,
         };
         let grace_s = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
@@ -207,4 +209,45 @@ fn deployments_have_probes_and_resources() {
         named(&documents, "PodDisruptionBudget", name);
     }
     named(&documents, "HorizontalPodAutoscaler", "fieldforce-gateway");
+}
+
+#[test]
+fn ops_checks_every_service() {
+    let documents = manifests();
+    let ops = named(&documents, "Deployment", "fieldforce-ops");
+    let config = config_from_env(&container_env(ops));
+    assert_eq!(
+        config.ops.listen_addr, "0.0.0.0:9400",
+        "the page listens on its container port"
+    );
+
+    for deployment in of_kind(&documents, "Deployment") {
+        let name = deployment["metadata"]["name"].as_str().unwrap();
+        if name == "fieldforce-ops" {
+            continue;
+        }
+        let short = name.trim_start_matches("fieldforce-");
+        let url = config
+            .ops
+            .services
+            .get(short)
+            .unwrap_or_else(|| panic!("ops.services has no entry for {name}"));
+        let host_port = url.trim_start_matches("http://");
+        let (host, port) = host_port.split_once(':').unwrap();
+        let service = named(&documents, "Service", host);
+        assert_eq!(
+            service["spec"]["selector"]["app.kubernetes.io/name"].as_str(),
+            Some(name),
+            "{url} reaches {name}"
+        );
+        let port: u64 = port.parse().unwrap();
+        assert!(
+            service["spec"]["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|candidate| candidate["port"].as_u64() == Some(port)),
+            "{host} serves port {port}"
+        );
+    }
 }

@@ -7,8 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use fieldforce_kafka::catalog::PIPELINE_GROUPS;
-use fieldforce_kafka::lag::{self, GroupLag, GroupStatus, Thresholds};
+use fieldforce_kafka::lag::{self, GroupLag, GroupSampler, GroupStatus, Thresholds};
 use fieldforce_runtime::config::Config;
 
 /// Show the lag of FieldForce's consumer groups.
@@ -51,10 +50,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<bool> {
     let config = Config::load(cli.config.as_deref())?;
     let groups: Vec<(String, String)> = if cli.groups.is_empty() {
-        PIPELINE_GROUPS
-            .iter()
-            .map(|(group, topic)| ((*group).to_owned(), config.kafka.topic(topic)))
-            .collect()
+        lag::pipeline_groups(&config)
     } else {
         cli.groups
             .iter()
@@ -71,16 +67,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     };
     let interval = Duration::from_secs(cli.interval_s);
 
-    let sample_all = || -> anyhow::Result<Vec<GroupLag>> {
+    let mut sampler = GroupSampler::new(&config.kafka)?;
+    let mut sample_all = || -> anyhow::Result<Vec<GroupLag>> {
         groups
             .iter()
-            .map(|(group, topic)| {
-                Ok(lag::sample(
-                    &config.kafka,
-                    group,
-                    std::slice::from_ref(topic),
-                )?)
-            })
+            .map(|(group, topic)| Ok(sampler.sample(group, std::slice::from_ref(topic))?))
             .collect()
     };
     let mut earlier = sample_all()?;

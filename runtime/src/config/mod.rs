@@ -16,6 +16,7 @@
 mod gateway;
 mod kafka;
 mod mongodb;
+mod ops;
 mod processors;
 mod sink;
 
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use gateway::{GatewayConfig, GatewayToken};
 pub use kafka::KafkaConfig;
 pub use mongodb::MongoConfig;
+pub use ops::OpsConfig;
 pub use processors::ProcessorsConfig;
 pub use sink::{MONGODB_MAX_DOCUMENT_BYTES, SinkConfig};
 
@@ -54,6 +56,8 @@ pub struct Config {
     pub processors: ProcessorsConfig,
     /// The MongoDB sink.
     pub sink: SinkConfig,
+    /// The operations page.
+    pub ops: OpsConfig,
 }
 
 /// Logging settings.
@@ -134,6 +138,7 @@ impl Config {
         self.gateway.validate(&mut problems);
         self.processors.validate(&mut problems);
         self.sink.validate(&mut problems);
+        self.ops.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

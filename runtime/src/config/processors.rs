@@ -36,6 +36,10 @@ pub struct ProcessorsConfig {
     /// `fieldforce-geo`, `fieldforce-quality`), so that deployments or test runs sharing a
     /// cluster never join each other's groups. Default empty.
     pub group_id_prefix: String,
+    /// How often each processor samples its consumer lag per assigned partition for the
+    /// `fieldforce_consumer_lag_*` gauges, in milliseconds. Every sample asks the broker for
+    /// the log end of each partition. Default 5000.
+    pub lag_sample_interval_ms: u64,
 }
 
 impl Default for ProcessorsConfig {
@@ -52,6 +56,7 @@ impl Default for ProcessorsConfig {
             catch_up_timeout_ms: 30_000,
             duplicate_memory_entries: 100_000,
             group_id_prefix: String::new(),
+            lag_sample_interval_ms: 5_000,
         }
     }
 }
@@ -95,6 +100,9 @@ impl ProcessorsConfig {
         }
         if self.retry_backoff_initial_ms == 0 {
             problems.push("processors.retry_backoff_initial_ms is 0: set at least 1".into());
+        }
+        if self.lag_sample_interval_ms == 0 {
+            problems.push("processors.lag_sample_interval_ms is 0: set at least 1".into());
         }
         if self.retry_backoff_max_ms < self.retry_backoff_initial_ms {
             problems.push(format!(

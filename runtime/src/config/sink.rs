@@ -34,6 +34,13 @@ pub struct SinkConfig {
     /// How long shutdown may spend writing the open batch and committing offsets, in
     /// milliseconds. Work left after it is read again by the next consumer. Default 10000.
     pub shutdown_drain_timeout_ms: u64,
+    /// Text put before the sink's consumer group id (`fieldforce-sink`), so that deployments
+    /// or test runs sharing a cluster never join each other's group. Default empty.
+    pub group_id_prefix: String,
+    /// How often the sink samples its consumer lag per assigned partition for the
+    /// `fieldforce_consumer_lag_*` gauges, in milliseconds. Every sample asks the broker for
+    /// the log end of each partition. Default 5000.
+    pub lag_sample_interval_ms: u64,
 }
 
 impl Default for SinkConfig {
@@ -48,6 +55,8 @@ impl Default for SinkConfig {
             retry_max_backoff_ms: 10_000,
             store_timeout_ms: 5_000,
             shutdown_drain_timeout_ms: 10_000,
+            group_id_prefix: String::new(),
+            lag_sample_interval_ms: 5_000,
         }
     }
 }
@@ -87,6 +96,9 @@ impl SinkConfig {
         }
         if self.store_timeout_ms == 0 {
             problems.push("sink.store_timeout_ms must be at least 1".into());
+        }
+        if self.lag_sample_interval_ms == 0 {
+            problems.push("sink.lag_sample_interval_ms must be at least 1".into());
         }
     }
 }

@@ -1,21 +1,38 @@
-//! The consumer side: the rebalance callbacks that keep the offset tracker in step with the
-//! assignment, and the storing of committable offsets.
+//! The consumer side: the rebalance callbacks that keep the offset tracker and the lag gauges
+//! in step with the assignment, and the storing of committable offsets.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use fieldforce_kafka::offsets::{OffsetTracker, Ticket, TopicPartition};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-/// Consumer context whose rebalance callbacks update the shared offset tracker.
-#[derive(Debug, Clone, Default)]
+use crate::metrics::Metrics;
+
+/// Consumer context whose rebalance callbacks update the shared offset tracker and the lag
+/// gauges, and whose commit callbacks count failed commits.
+#[derive(Debug, Clone)]
 pub struct SinkContext {
     tracker: Arc<Mutex<OffsetTracker>>,
+    metrics: Metrics,
 }
 
 impl SinkContext {
+    /// Creates a context with an empty tracker that reports to `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            tracker: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Returns a handle to the tracker, for the lag sampler.
+    pub fn shared_tracker(&self) -> Arc<Mutex<OffsetTracker>> {
+        Arc::clone(&self.tracker)
+    }
+
     /// Locks the tracker. A panic while holding the lock leaves the tracker consistent
     /// (each method is a few map updates), so a poisoned lock is still used.
     pub fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
@@ -32,6 +49,7 @@ impl ConsumerContext for SinkContext {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
         };
+        self.metrics.rebalances.inc();
         // Offsets stored so far belong to durable writes; committing them now saves the next
         // owner from writing those documents again.
         commit_sync(consumer, "revoke");
@@ -40,6 +58,9 @@ impl ConsumerContext for SinkContext {
         let mut tracker = self.tracker();
         for element in revoked.elements() {
             tracker.revoke(&(element.topic().to_owned(), element.partition()));
+            self.metrics
+                .lag
+                .revoke(element.topic(), element.partition());
         }
         tracing::info!(partitions = revoked.count(), "partitions revoked");
     }
@@ -47,14 +68,29 @@ impl ConsumerContext for SinkContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(assigned) => {
+                self.metrics.rebalances.inc();
                 let mut tracker = self.tracker();
                 for element in assigned.elements() {
                     tracker.assign((element.topic().to_owned(), element.partition()));
+                    self.metrics
+                        .lag
+                        .assign(element.topic(), element.partition());
                 }
                 tracing::info!(partitions = assigned.count(), "partitions assigned");
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            // "No offset" means nothing was stored since the last commit.
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(%error, "background offset commit failed");
+            }
         }
     }
 }
@@ -65,7 +101,10 @@ pub fn commit_sync<C: Consumer<SinkContext>>(consumer: &C, when: &'static str) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::debug!(when, "offsets committed"),
         Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => tracing::warn!(when, %error, "offset commit failed"),
+        Err(error) => {
+            consumer.context().metrics.commit_failures.inc();
+            tracing::warn!(when, %error, "offset commit failed");
+        }
     }
 }
 

@@ -22,8 +22,9 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldforce_kafka::catalog::{SUBMISSIONS_DEADLETTER, SUBMISSIONS_PROCESSED};
+use fieldforce_kafka::catalog::{SINK_GROUP, SUBMISSIONS_DEADLETTER, SUBMISSIONS_PROCESSED};
 use fieldforce_kafka::client::{consumer_config, producer_config};
+use fieldforce_kafka::lag::consumer::ConsumerLagSampler;
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
 use prometheus_client::registry::Registry;
@@ -32,13 +33,19 @@ use rdkafka::producer::FutureProducer;
 
 pub use error::SinkError;
 
-/// Consumer group of the sink.
-pub const GROUP_ID: &str = "fieldforce-sink";
+/// Consumer group of the sink, before the deployment's `sink.group_id_prefix`.
+pub const GROUP_ID: &str = SINK_GROUP;
+
+/// Returns the sink's consumer group id in this deployment.
+pub fn group_id(config: &Config) -> String {
+    format!("{}{GROUP_ID}", config.sink.group_id_prefix)
+}
 
 /// Runs the sink until `shutdown` fires, then drains the open batch and commits.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), SinkError> {
+    let group_id = group_id(&config);
     let mut registry = Registry::default();
-    let metrics = metrics::Metrics::new(&mut registry);
+    let metrics = metrics::Metrics::new(&mut registry, &group_id);
     let listener = tokio::net::TcpListener::bind(&config.sink.admin_listen_addr)
         .await
         .map_err(|source| SinkError::AdminBind {
@@ -55,18 +62,24 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), SinkError> {
         return Ok(());
     }
 
-    let mut client_config = consumer_config(&config.kafka, GROUP_ID);
+    let mut client_config = consumer_config(&config.kafka, &group_id);
     // Caps what librdkafka prefetches per partition, so that memory stays flat while a
     // backlog drains or while the partitions are paused during a store outage.
     client_config.set("queued.max.messages.kbytes", "16384");
-    let consumer: StreamConsumer<consumer::SinkContext> =
-        client_config.create_with_context(consumer::SinkContext::default())?;
+    let context = consumer::SinkContext::new(metrics.clone());
+    let tracker = context.shared_tracker();
+    let consumer: Arc<StreamConsumer<consumer::SinkContext>> =
+        Arc::new(client_config.create_with_context(context)?);
     let topic = config.kafka.topic(SUBMISSIONS_PROCESSED);
     consumer.subscribe(&[&topic])?;
+    ConsumerLagSampler::new(&config.kafka, &consumer, tracker, metrics.lag.clone())?.spawn(
+        Duration::from_millis(config.sink.lag_sample_interval_ms),
+        shutdown.clone(),
+    );
     let producer: FutureProducer = producer_config(&config.kafka).create()?;
     tracing::info!(
         topic,
-        group = GROUP_ID,
+        group = group_id,
         database = config.mongodb.database,
         "sink started"
     );

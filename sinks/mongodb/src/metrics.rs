@@ -1,6 +1,8 @@
 //! The sink's Prometheus metrics, declared once. The only label is `reason` on dead-letters,
-//! whose values are the fixed reason codes of [`crate::error`].
+//! whose values are the fixed reason codes of [`crate::error`]. The consumer-lag gauges shared
+//! with the processors are declared in [`fieldforce_kafka::lag::metrics`] and registered here.
 
+use fieldforce_kafka::lag::metrics::LagMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,6 +19,8 @@ pub struct ReasonLabel {
 /// Every metric the sink exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// Records read from the processed topic.
+    pub records_in: Counter,
     /// Documents the store acknowledged.
     pub documents_written: Counter,
     /// Documents the store already held at this or a newer revision.
@@ -29,20 +33,35 @@ pub struct Metrics {
     pub write_duration_seconds: Histogram,
     /// Bulk writes retried after a transient store failure.
     pub write_retries: Counter,
+    /// Partition assignments and revocations seen.
+    pub rebalances: Counter,
+    /// Offset commits that failed.
+    pub commit_failures: Counter,
+    /// Consumer lag per assigned partition.
+    pub lag: LagMetrics,
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them.
-    pub fn new(registry: &mut Registry) -> Self {
+    /// Creates the metrics of the sink in consumer group `group_id` and registers them.
+    pub fn new(registry: &mut Registry, group_id: &str) -> Self {
         let metrics = Self {
+            records_in: Counter::default(),
             documents_written: Counter::default(),
             documents_already_stored: Counter::default(),
             dead_lettered: Family::default(),
             batch_documents: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             write_duration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             write_retries: Counter::default(),
+            rebalances: Counter::default(),
+            commit_failures: Counter::default(),
+            lag: LagMetrics::register(registry, group_id),
         };
         // prometheus-client appends `_total` to counters.
+        registry.register(
+            "fieldforce_sink_records_in",
+            "Records read from the processed topic",
+            metrics.records_in.clone(),
+        );
         registry.register(
             "fieldforce_sink_documents_written",
             "Documents the store acknowledged",
@@ -72,6 +91,16 @@ impl Metrics {
             "fieldforce_sink_write_retries",
             "Bulk writes retried after a transient store failure",
             metrics.write_retries.clone(),
+        );
+        registry.register(
+            "fieldforce_sink_rebalances",
+            "Partition assignments and revocations",
+            metrics.rebalances.clone(),
+        );
+        registry.register(
+            "fieldforce_sink_commit_failures",
+            "Offset commits that failed",
+            metrics.commit_failures.clone(),
         );
         metrics
     }

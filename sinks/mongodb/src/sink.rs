@@ -7,6 +7,7 @@
 //! it. No ticket is completed, and so no offset moves, before the store acknowledged the
 //! batch (or Kafka acknowledged the dead-letter).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fieldforce_kafka::dead_letter::{DeadLetterReason, dead_letter_record};
@@ -60,7 +61,7 @@ enum Abandoned {
 
 /// The running sink: consumer, store, dead-letter producer and the open batch.
 pub struct SinkLoop {
-    pub(crate) consumer: StreamConsumer<SinkContext>,
+    pub(crate) consumer: Arc<StreamConsumer<SinkContext>>,
     pub(crate) producer: FutureProducer,
     pub(crate) store: Store,
     pub(crate) metrics: Metrics,
@@ -74,7 +75,7 @@ pub struct SinkLoop {
 impl SinkLoop {
     /// Assembles the loop from its parts.
     pub(crate) fn new(
-        consumer: StreamConsumer<SinkContext>,
+        consumer: Arc<StreamConsumer<SinkContext>>,
         producer: FutureProducer,
         store: Store,
         metrics: Metrics,
@@ -125,7 +126,7 @@ impl SinkLoop {
                 "open batch not written before the drain deadline, it will be read again"
             );
         }
-        crate::consumer::commit_sync(&self.consumer, "shutdown");
+        crate::consumer::commit_sync(self.consumer.as_ref(), "shutdown");
         tracing::info!("sink stopped");
     }
 
@@ -145,9 +146,11 @@ impl SinkLoop {
                 return;
             }
         };
+        self.metrics.records_in.inc();
         let ticket = self.consumer.context().tracker().start(
             (message.topic().to_owned(), message.partition()),
             message.offset(),
+            message.timestamp().to_millis(),
         );
 
         let decoded = match message.payload() {
@@ -158,7 +161,7 @@ impl SinkLoop {
             Ok(processed) => processed,
             Err(detail) => {
                 if self.dead_letter(&message, REASON_UNDECODABLE, detail).await {
-                    complete(&self.consumer, [&ticket]);
+                    complete(self.consumer.as_ref(), [&ticket]);
                 }
                 return;
             }
@@ -168,7 +171,7 @@ impl SinkLoop {
             Err(error) => {
                 let code = error.reason_code();
                 if self.dead_letter(&message, code, error.to_string()).await {
-                    complete(&self.consumer, [&ticket]);
+                    complete(self.consumer.as_ref(), [&ticket]);
                 }
                 return;
             }
@@ -290,7 +293,7 @@ impl SinkLoop {
             };
             durable.push(&entry.ticket);
         }
-        complete(&self.consumer, durable);
+        complete(self.consumer.as_ref(), durable);
     }
 
     /// Produces a dead-letter and waits for Kafka's acknowledgement, retrying with backoff

@@ -57,13 +57,23 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}, true).await
+    }
+
+    /// Starts the pipeline with its own topics, groups and database, after `configure` has
+    /// adjusted the configuration; without the sink when `with_sink` is false, for a test that
+    /// runs the sink itself.
+    pub async fn start_with(configure: impl FnOnce(&mut Config), with_sink: bool) -> Self {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let blobs = tempfile::tempdir().unwrap();
         let mut config = Config::load(None).expect("configuration loads");
         config.kafka.topic_prefix = format!("test-e2e-{suffix}.");
+        config.processors.group_id_prefix = config.kafka.topic_prefix.clone();
+        config.sink.group_id_prefix = config.kafka.topic_prefix.clone();
         config.mongodb.database = format!("test_e2e_{suffix}");
         config.gateway.blob_dir = blobs.path().display().to_string();
         config.gateway.index_collection = "submission_index".into();
+        configure(&mut config);
 
         fieldforce_kafka::admin::apply(&config.kafka, &Catalog::embedded(), true)
             .await
@@ -71,8 +81,10 @@ impl Pipeline {
 
         let (trigger, shutdown) = shutdown::channel();
         let mut tasks = Vec::new();
-        let sink = fieldforce_sink_mongodb::run(config.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move { sink.await.expect("sink runs") }));
+        if with_sink {
+            let sink = fieldforce_sink_mongodb::run(config.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move { sink.await.expect("sink runs") }));
+        }
         let quality = fieldforce_processors::quality::run(config.clone(), shutdown.clone());
         tasks.push(tokio::spawn(
             async move { quality.await.expect("quality runs") },

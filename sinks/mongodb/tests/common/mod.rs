@@ -124,7 +124,7 @@ pub async fn produce_bytes(config: &Config, key: &str, value: &[u8]) {
 /// processed topic's partitions. A partition without a commit counts as 0.
 pub fn committed_and_end(config: &Config) -> (i64, i64) {
     let consumer: BaseConsumer = base_config(&config.kafka)
-        .set("group.id", fieldforce_sink_mongodb::GROUP_ID)
+        .set("group.id", fieldforce_sink_mongodb::group_id(config))
         .create()
         .expect("consumer");
     let topic = config.kafka.topic(SUBMISSIONS_PROCESSED);

@@ -1,15 +1,26 @@
 //! Consumer-group lag as operators read it: per partition the committed offset, the log end,
 //! the lag in records and in seconds (the age of the oldest record not yet processed), and a
 //! status per group computed from two samples taken some seconds apart.
+//!
+//! This module samples a group from the outside, through its committed offsets, as the
+//! `fieldforce-lag` command and the operations page do. [`metrics`] declares the lag gauges
+//! every consumer service exports, and [`consumer`] samples them from inside the service,
+//! where records read but not yet durable are known.
 
-use std::collections::BTreeMap;
+pub mod consumer;
+pub mod metrics;
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use fieldforce_runtime::config::KafkaConfig;
+use fieldforce_runtime::config::{Config, KafkaConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use crate::catalog::{PIPELINE_GROUPS, SINK_GROUP};
 use crate::client::{consumer_config, reader_config};
+use crate::offsets::TopicPartition;
 
 /// How long one metadata, offsets or fetch request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,108 +151,176 @@ pub fn classify(earlier: &GroupLag, later: &GroupLag, thresholds: Thresholds) ->
 #[error("reading consumer lag failed: {0}")]
 pub struct LagError(#[from] rdkafka::error::KafkaError);
 
-/// Samples the lag of a group on the given topics.
-pub fn sample(kafka: &KafkaConfig, group: &str, topics: &[String]) -> Result<GroupLag, LagError> {
-    let reader: BaseConsumer = reader_config(kafka).create()?;
-    let (state, members) = match reader
-        .fetch_group_list(Some(group), REQUEST_TIMEOUT)?
-        .groups()
-        .first()
-    {
-        Some(found) => (found.state().to_owned(), found.members().len()),
-        None => ("Dead".to_owned(), 0),
-    };
-
-    let mut wanted = TopicPartitionList::new();
-    for topic in topics {
-        let metadata = reader.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-        for partition in metadata
-            .topics()
-            .iter()
-            .flat_map(|found| found.partitions())
-        {
-            wanted.add_partition(topic, partition.id());
-        }
-    }
-    // A consumer with the group's id reads its committed offsets without joining the group,
-    // because it never subscribes.
-    let group_reader: BaseConsumer = consumer_config(kafka, group).create()?;
-    let committed = group_reader.committed_offsets(wanted, REQUEST_TIMEOUT)?;
-
-    let mut partitions = Vec::new();
-    for element in committed.elements() {
-        let (log_start, log_end) =
-            reader.fetch_watermarks(element.topic(), element.partition(), REQUEST_TIMEOUT)?;
-        let committed = match element.offset() {
-            Offset::Offset(offset) => Some(offset),
-            _ => None,
-        };
-        let position = committed.unwrap_or(log_start).max(log_start);
-        partitions.push(PartitionLag {
-            topic: element.topic().to_owned(),
-            partition: element.partition(),
-            committed,
-            log_end,
-            lag_records: (log_end - position).max(0),
-            lag_seconds: 0.0,
-        });
-    }
-    fill_lag_seconds(&reader, &mut partitions)?;
-    Ok(GroupLag {
-        group: group.to_owned(),
-        state,
-        members,
-        partitions,
-    })
+/// Returns every pipeline consumer group with its full id and the full name of the topic it
+/// reads, in pipeline order. Group ids get the prefix their service adds
+/// (`processors.group_id_prefix`, `sink.group_id_prefix`).
+pub fn pipeline_groups(config: &Config) -> Vec<(String, String)> {
+    PIPELINE_GROUPS
+        .iter()
+        .map(|(group, topic)| {
+            let prefix = if *group == SINK_GROUP {
+                &config.sink.group_id_prefix
+            } else {
+                &config.processors.group_id_prefix
+            };
+            (format!("{prefix}{group}"), config.kafka.topic(topic))
+        })
+        .collect()
 }
 
-/// Reads the oldest unprocessed record of every lagging partition for its timestamp.
-fn fill_lag_seconds(
-    reader: &BaseConsumer,
-    partitions: &mut [PartitionLag],
-) -> Result<(), LagError> {
-    let mut assignment = TopicPartitionList::new();
-    for partition in partitions
-        .iter()
-        .filter(|partition| partition.lag_records > 0)
-    {
-        let position = partition.log_end - partition.lag_records;
-        assignment.add_partition_offset(
-            &partition.topic,
-            partition.partition,
-            Offset::Offset(position),
-        )?;
+/// Samples the lag of a group on the given topics with clients made for this one sample.
+pub fn sample(kafka: &KafkaConfig, group: &str, topics: &[String]) -> Result<GroupLag, LagError> {
+    GroupSampler::new(kafka)?.sample(group, topics)
+}
+
+/// Samples group lag again and again over the same clients, so a sampler that runs every few
+/// seconds does not open new broker connections each time. Every method blocks on broker
+/// requests, so async callers run it on a blocking thread.
+pub struct GroupSampler {
+    kafka: KafkaConfig,
+    reader: BaseConsumer,
+    /// One client per group id: committed offsets are read with the group's id, without
+    /// joining the group, because these clients never subscribe.
+    group_readers: HashMap<String, BaseConsumer>,
+}
+
+impl GroupSampler {
+    /// Creates the sampler's reader; group readers are created on first use.
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, LagError> {
+        Ok(Self {
+            kafka: kafka.clone(),
+            reader: reader_config(kafka).create()?,
+            group_readers: HashMap::new(),
+        })
     }
-    if assignment.count() == 0 {
-        return Ok(());
+
+    /// Returns the reader, for watermark and metadata requests of the caller's own.
+    pub fn reader(&self) -> &BaseConsumer {
+        &self.reader
     }
-    reader.assign(&assignment)?;
-    let now_ms = std::time::SystemTime::now()
+
+    /// Samples the lag of a group on the given topics.
+    pub fn sample(&mut self, group: &str, topics: &[String]) -> Result<GroupLag, LagError> {
+        let reader = &self.reader;
+        let (state, members) = match reader
+            .fetch_group_list(Some(group), REQUEST_TIMEOUT)?
+            .groups()
+            .first()
+        {
+            Some(found) => (found.state().to_owned(), found.members().len()),
+            None => ("Dead".to_owned(), 0),
+        };
+
+        let mut wanted = TopicPartitionList::new();
+        for topic in topics {
+            let metadata = reader.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+            for partition in metadata
+                .topics()
+                .iter()
+                .flat_map(|found| found.partitions())
+            {
+                wanted.add_partition(topic, partition.id());
+            }
+        }
+        let group_reader = match self.group_readers.entry(group.to_owned()) {
+            Entry::Occupied(found) => found.into_mut(),
+            Entry::Vacant(empty) => empty.insert(consumer_config(&self.kafka, group).create()?),
+        };
+        let committed = group_reader.committed_offsets(wanted, REQUEST_TIMEOUT)?;
+
+        let mut partitions = Vec::new();
+        for element in committed.elements() {
+            let (log_start, log_end) =
+                reader.fetch_watermarks(element.topic(), element.partition(), REQUEST_TIMEOUT)?;
+            let committed = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            let position = committed.unwrap_or(log_start).max(log_start);
+            partitions.push(PartitionLag {
+                topic: element.topic().to_owned(),
+                partition: element.partition(),
+                committed,
+                log_end,
+                lag_records: (log_end - position).max(0),
+                lag_seconds: 0.0,
+            });
+        }
+
+        let lagging: Vec<(TopicPartition, i64)> = partitions
+            .iter()
+            .filter(|partition| partition.lag_records > 0)
+            .map(|partition| {
+                (
+                    (partition.topic.clone(), partition.partition),
+                    partition.log_end - partition.lag_records,
+                )
+            })
+            .collect();
+        let timestamps = record_timestamps(reader, &lagging)?;
+        let now_ms = now_ms();
+        for partition in &mut partitions {
+            let key = (partition.topic.clone(), partition.partition);
+            if let Some(timestamp_ms) = timestamps.get(&key) {
+                partition.lag_seconds = age_seconds(now_ms, *timestamp_ms);
+            }
+        }
+        Ok(GroupLag {
+            group: group.to_owned(),
+            state,
+            members,
+            partitions,
+        })
+    }
+}
+
+/// Returns the milliseconds since the Unix epoch on this host's clock.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default();
-    let mut waiting = assignment.count();
-    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
-    while waiting > 0 && std::time::Instant::now() < deadline {
-        let Some(message) = reader.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let Ok(message) = message else {
-            continue;
-        };
-        let Some(partition) = partitions.iter_mut().find(|partition| {
-            partition.topic == message.topic()
-                && partition.partition == message.partition()
-                && partition.lag_seconds == 0.0
-        }) else {
-            continue;
-        };
-        if let Some(timestamp_ms) = message.timestamp().to_millis() {
-            partition.lag_seconds = ((now_ms - timestamp_ms).max(0) as f64) / 1000.0;
-        }
-        waiting -= 1;
+        .unwrap_or_default()
+}
+
+/// Returns how old a record with the given timestamp is, in seconds; never negative, because
+/// producers' clocks may run ahead of this host's.
+pub(crate) fn age_seconds(now_ms: i64, timestamp_ms: i64) -> f64 {
+    ((now_ms - timestamp_ms).max(0) as f64) / 1000.0
+}
+
+/// Reads the record at the given offset of each partition for its timestamp, in milliseconds.
+/// A partition whose record does not arrive within the request timeout (deleted by retention
+/// meanwhile, or a transaction marker) is left out of the result.
+pub(crate) fn record_timestamps(
+    reader: &BaseConsumer,
+    positions: &[(TopicPartition, i64)],
+) -> Result<HashMap<TopicPartition, i64>, LagError> {
+    let mut found = HashMap::new();
+    if positions.is_empty() {
+        return Ok(found);
     }
-    Ok(())
+    let mut assignment = TopicPartitionList::new();
+    for ((topic, partition), offset) in positions {
+        assignment.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    reader.assign(&assignment)?;
+
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    while found.len() < positions.len() && std::time::Instant::now() < deadline {
+        let Some(Ok(message)) = reader.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let key = (message.topic().to_owned(), message.partition());
+        if found.contains_key(&key) {
+            continue;
+        }
+        if let Some(timestamp_ms) = message.timestamp().to_millis() {
+            found.insert(key, timestamp_ms);
+        }
+    }
+    // Later samples assign other offsets; dropping this assignment stops the fetches now.
+    reader.unassign()?;
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -1,0 +1,17 @@
+//! The operations service binary: loads the configuration, starts logging, binds
+//! `ops.listen_addr` and serves the operations page until SIGINT or SIGTERM.
+
+use anyhow::Context;
+use fieldforce_runtime::config::Config;
+use fieldforce_runtime::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::load_from_env()?;
+    telemetry::init(&config.telemetry);
+    let listener = tokio::net::TcpListener::bind(&config.ops.listen_addr)
+        .await
+        .with_context(|| format!("binding ops.listen_addr {} failed", config.ops.listen_addr))?;
+    fieldforce_ops::run(config, listener, shutdown::on_signals()).await?;
+    Ok(())
+}
