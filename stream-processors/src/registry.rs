@@ -51,6 +51,19 @@ impl<T> Registry<T> {
         entries.get(key).cloned()
     }
 
+    /// Returns every value for which `keep` holds, in no particular order.
+    pub fn values_where(&self, keep: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .values()
+            .filter(|value| keep(value))
+            .cloned()
+            .collect()
+    }
+
     /// Stores `value` under `key`, or removes the key when `value` is `None`.
     pub fn put(&self, key: String, value: Option<T>) {
         let mut entries = self

@@ -18,6 +18,7 @@ mod kafka;
 mod mongodb;
 mod processors;
 mod sink;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,7 @@ pub use kafka::KafkaConfig;
 pub use mongodb::MongoConfig;
 pub use processors::ProcessorsConfig;
 pub use sink::{MONGODB_MAX_DOCUMENT_BYTES, SinkConfig};
+pub use webhooks::{AllowedEndpoint, WebhooksConfig};
 
 /// Prefix of every environment variable read as configuration.
 pub const ENV_PREFIX: &str = "FIELDFORCE_";
@@ -54,6 +56,8 @@ pub struct Config {
     pub processors: ProcessorsConfig,
     /// The MongoDB sink.
     pub sink: SinkConfig,
+    /// The webhook dispatcher.
+    pub webhooks: WebhooksConfig,
 }
 
 /// Logging settings.
@@ -134,6 +138,7 @@ impl Config {
         self.gateway.validate(&mut problems);
         self.processors.validate(&mut problems);
         self.sink.validate(&mut problems);
+        self.webhooks.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub write_duration_seconds: Histogram,
     /// Bulk writes retried after a transient store failure.
     pub write_retries: Counter,
+    /// Stored-submission events Kafka acknowledged.
+    pub events_published: Counter,
 }
 
 impl Metrics {
@@ -41,6 +43,7 @@ impl Metrics {
             batch_documents: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             write_duration_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             write_retries: Counter::default(),
+            events_published: Counter::default(),
         };
         // prometheus-client appends `_total` to counters.
         registry.register(
@@ -72,6 +75,11 @@ impl Metrics {
             "fieldforce_sink_write_retries",
             "Bulk writes retried after a transient store failure",
             metrics.write_retries.clone(),
+        );
+        registry.register(
+            "fieldforce_sink_events_published",
+            "Stored-submission events Kafka acknowledged",
+            metrics.events_published.clone(),
         );
         metrics
     }
