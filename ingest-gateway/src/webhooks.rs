@@ -4,7 +4,7 @@
 //! Subscriptions live on their compacted topic, keyed `org/project/id`, and nowhere else: a
 //! `PUT` produces the subscription and a `DELETE` a tombstone, each awaited until Kafka
 //! acknowledged it. A `GET` reads the topic to its current end, so it always shows every write
-//! acknowledged before it. Answers never contain the secret.
+//! acknowledged before it. Responses never contain the secret.
 
 use fieldforce_kafka::compacted::read_to_end;
 use fieldforce_schemas::codec::{self, Contract};
@@ -249,7 +249,7 @@ fn check_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// The subscription as the API shows it: everything but the secret.
+/// Returns the subscription as the API shows it: everything but the secret.
 fn view(subscription: &WebhookSubscription) -> Value {
     json!({
         "id": subscription.id,

@@ -79,7 +79,7 @@ impl SubmissionStored {
         }
     }
 
-    /// Whether the submission needs a supervisor's attention: validation found problems
+    /// Returns whether the submission needs a supervisor's attention: validation found problems
     /// (status `needs_review`) or at least one quality check fired. Such a submission fires
     /// [`WebhookEvent::SubmissionFlagged`] as well as [`WebhookEvent::SubmissionStored`].
     pub fn is_flagged(&self) -> bool {
@@ -145,7 +145,7 @@ pub struct WebhookSubscription {
     /// Events delivered to this endpoint.
     pub events: Vec<WebhookEvent>,
     /// Time limit of one delivery attempt in milliseconds, from connecting to reading the
-    /// answer; the dispatcher's default applies when absent.
+    /// response; the dispatcher's default applies when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// Most deliveries in flight to this endpoint at once; the dispatcher's default applies
@@ -196,22 +196,22 @@ pub struct WebhookDelivery {
     pub body: String,
     /// When the next attempt is due, in milliseconds since the Unix epoch.
     pub due_at_ms: i64,
-    /// What the endpoint answered on the last attempt.
+    /// The endpoint's response to the last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_answer: Option<LastAnswer>,
+    pub last_response: Option<LastResponse>,
 }
 
-/// An endpoint's answer to a delivery attempt that failed.
+/// An endpoint's response to a delivery attempt that failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastAnswer {
-    /// HTTP status, when the endpoint answered at all.
+pub struct LastResponse {
+    /// HTTP status, when the endpoint responded at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
-    /// First bytes of the answer body (lossy UTF-8), when there was one.
+    /// First bytes of the response body (lossy UTF-8), when there was one.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body_prefix: String,
-    /// Why the attempt failed without an answer (refused, timed out, connection failed),
-    /// or why the endpoint is not allowed.
+    /// Why the attempt failed without a response (connection refused, timed out, TLS
+    /// failed), or why the address guard rejected the endpoint.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
 }

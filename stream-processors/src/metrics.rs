@@ -131,7 +131,7 @@ pub enum DeliveryOutcome {
     /// The last attempt failed and the delivery went to the dead-letter topic.
     DeadLettered,
     /// The address guard rejected the endpoint and the delivery went to the dead-letter topic.
-    Refused,
+    Rejected,
     /// The subscription was deleted before the attempt, so the delivery was dropped.
     Dropped,
 }
@@ -144,7 +144,7 @@ impl DeliveryOutcome {
             Self::Retried => "retried",
             Self::Deferred => "deferred",
             Self::DeadLettered => "dead_lettered",
-            Self::Refused => "refused",
+            Self::Rejected => "rejected",
             Self::Dropped => "dropped",
         }
     }

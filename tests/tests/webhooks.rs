@@ -58,7 +58,7 @@ struct Received {
     body: String,
 }
 
-/// How a receiver answers.
+/// The way a receiver responds.
 #[derive(Debug, Clone, Copy)]
 enum Behaviour {
     Healthy,
@@ -332,7 +332,7 @@ impl Stack {
     }
 }
 
-/// A processed submission; `flags` are quality checks that fired.
+/// Builds a processed submission; `flags` are the quality checks that fired.
 fn processed(id: &str, status: ProcessingStatus, flags: &[&str]) -> ProcessedSubmission {
     let mut raw: RawSubmission =
         serde_json::from_str(include_str!("../../schemas/examples/raw-submission.json")).unwrap();
@@ -553,7 +553,7 @@ async fn failing_endpoints_dead_letter_without_delaying_healthy_one() {
             .await;
     }
 
-    // Every failing delivery gets four attempts; the refused ones none.
+    // Every failing delivery gets four attempts; the rejected ones none.
     let dead_letters = stack.dead_letters(3 * submissions).await;
     let healthy_requests = healthy.wait_for(submissions).await;
     let failing_requests = failing.wait_for(4 * submissions).await;
@@ -599,7 +599,7 @@ async fn failing_endpoints_dead_letter_without_delaying_healthy_one() {
     for (delivery, reason) in failing_letters {
         assert_eq!(reason, "attempts_exhausted");
         assert_eq!(delivery.attempts, 4);
-        let answer = delivery.last_answer.as_ref().unwrap();
+        let answer = delivery.last_response.as_ref().unwrap();
         assert_eq!(answer.status, Some(503));
         assert_eq!(answer.body_prefix, "maintenance window");
         assert!(attempts_per_delivery.contains_key(&delivery.delivery_id));
@@ -610,7 +610,7 @@ async fn failing_endpoints_dead_letter_without_delaying_healthy_one() {
     for (delivery, reason) in down_letters {
         assert_eq!(reason, "attempts_exhausted");
         assert_eq!(delivery.attempts, 4);
-        let answer = delivery.last_answer.as_ref().unwrap();
+        let answer = delivery.last_response.as_ref().unwrap();
         assert_eq!(answer.status, None);
         assert!(
             answer
@@ -620,12 +620,12 @@ async fn failing_endpoints_dead_letter_without_delaying_healthy_one() {
         );
     }
 
-    let refused_letters = &by_subscription["demo/demo/private"];
-    assert_eq!(refused_letters.len(), submissions);
-    for (delivery, reason) in refused_letters {
-        assert_eq!(reason, "endpoint_refused");
-        assert_eq!(delivery.attempts, 1, "a refused endpoint is never retried");
-        let error = &delivery.last_answer.as_ref().unwrap().error;
+    let rejected_letters = &by_subscription["demo/demo/private"];
+    assert_eq!(rejected_letters.len(), submissions);
+    for (delivery, reason) in rejected_letters {
+        assert_eq!(reason, "endpoint_rejected");
+        assert_eq!(delivery.attempts, 1, "a rejected endpoint is never retried");
+        let error = &delivery.last_response.as_ref().unwrap().error;
         assert!(
             error.contains("loopback address not in webhooks.allow_list"),
             "{error}"

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct WebhooksConfig {
     /// Time limit of one delivery attempt when the subscription sets none, in milliseconds,
-    /// from resolving the host to reading the answer. Default 10000.
+    /// from resolving the host to reading the response. Default 10000.
     pub default_timeout_ms: u64,
     /// Deliveries in flight to one endpoint at once when the subscription sets no
     /// `max_concurrency`. Default 4.
@@ -32,8 +32,8 @@ pub struct WebhooksConfig {
     /// goes straight to the first retry tier without using up an attempt, so a slow endpoint
     /// never fills the in-flight limit that healthy endpoints share. Default 100.
     pub max_queued_per_endpoint: usize,
-    /// Bytes of an endpoint's answer body kept in the dead-letter record. Default 1024.
-    pub answer_body_max_bytes: usize,
+    /// Bytes of an endpoint's response body kept in the dead-letter record. Default 1024.
+    pub response_body_max_bytes: usize,
     /// Endpoints allowed even though their address is private, loopback, link-local,
     /// unique-local, shared (CGNAT) or a cloud metadata address. Each entry is a network in
     /// CIDR form (`10.20.0.0/16`, `fd12::/64`) or a `host:port` pair (`127.0.0.1:8080`,
@@ -52,7 +52,7 @@ impl Default for WebhooksConfig {
             retry_max_backoff_ms: 300_000,
             max_in_flight_deliveries: 1_000,
             max_queued_per_endpoint: 100,
-            answer_body_max_bytes: 1_024,
+            response_body_max_bytes: 1_024,
             allow_list: Vec::new(),
         }
     }

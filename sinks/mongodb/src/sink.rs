@@ -12,7 +12,7 @@
 //! once Kafka acknowledged its event as well. A crash between the write and the event's
 //! acknowledgement replays the record: the store reports it as already stored and the event is
 //! produced again. Events are therefore at least once, and the same submission revision can
-//! be announced twice; the webhook dispatcher derives its delivery ids from the submission id
+//! be announced twice. The webhook dispatcher derives its delivery ids from the submission id
 //! and revision, so receivers see the same delivery id both times.
 
 use std::time::Duration;

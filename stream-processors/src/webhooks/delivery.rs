@@ -1,5 +1,5 @@
-//! What one delivery sends and when it is tried again: the deterministic delivery id, the JSON
-//! body, its signature, and the retry schedule. Pure functions, no IO.
+//! The content and timing of a delivery: the deterministic delivery id, the JSON body, its
+//! signature, and the retry schedule. Pure functions, no IO.
 
 use std::time::Duration;
 
@@ -72,15 +72,16 @@ pub fn body(delivery_id: &str, event: WebhookEvent, stored: &SubmissionStored) -
 /// Returns the `X-FieldForce-Signature` value: `sha256=` and the hex HMAC-SHA256 of the body
 /// keyed with the subscription's secret.
 pub fn signature(secret: &str, body: &[u8]) -> String {
-    // HMAC takes keys of any length, so creating it cannot fail.
+    // HMAC hashes keys longer than the block size and pads shorter ones (RFC 2104), so any
+    // key length is accepted.
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
         .expect("HMAC accepts a key of any length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Whether `header` is the valid signature of `body` under `secret`, compared in constant
-/// time. Receivers do the same; the tests use it to check deliveries.
+/// Returns whether `header` is the valid signature of `body` under `secret`, compared in
+/// constant time. Receivers check it the same way, and the tests use it on deliveries.
 pub fn verify_signature(secret: &str, body: &[u8], header: &str) -> bool {
     let Some(digest) = header
         .strip_prefix("sha256=")
@@ -103,7 +104,7 @@ pub struct RetrySchedule {
     pub tier_delays: Vec<Duration>,
 }
 
-/// What happens to a delivery after a failed attempt.
+/// The next step of a delivery after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextStep {
     /// Produce it to the retry tier with this index, due after `delay`.
@@ -173,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn delivery_id_is_stable_per_subscription_event_and_revision() {
+    fn delivery_id_is_deterministic() {
         let first = delivery_id(
             "acme/census/crm",
             &stored(0),
@@ -242,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_per_tier_and_stops_at_max_attempts() {
+    fn backoff_grows_per_tier() {
         let config = WebhooksConfig {
             max_attempts: 6,
             retry_initial_backoff_ms: 5_000,

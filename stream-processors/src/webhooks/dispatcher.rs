@@ -1,7 +1,7 @@
 //! The dispatcher loop: read stored-submission events and due retry records, deliver them
 //! concurrently, and store a record's offset only once every delivery it started is settled.
 //!
-//! A delivery is settled when the endpoint answered 2xx, when its record on a retry topic or
+//! A delivery is settled when the endpoint responded with a 2xx status, when its record on a retry topic or
 //! on the webhook dead-letter topic was acknowledged by Kafka, or when its subscription was
 //! deleted meanwhile. Each delivery runs as its own future, bounded by its endpoint's
 //! concurrency limit, so a slow or failing endpoint only ever waits on itself: a failed
@@ -25,7 +25,7 @@ use fieldforce_runtime::shutdown::Shutdown;
 use fieldforce_schemas::codec::{Contract, JSON_CONTENT_TYPE, decode, encode};
 use fieldforce_schemas::headers;
 use fieldforce_schemas::webhook::{
-    EndpointUrl, LastAnswer, SubmissionStored, WEBHOOK_DELIVERY_VERSION, WebhookDelivery,
+    EndpointUrl, LastResponse, SubmissionStored, WEBHOOK_DELIVERY_VERSION, WebhookDelivery,
     WebhookSubscription,
 };
 use futures::StreamExt;
@@ -71,7 +71,7 @@ struct EndpointSlot {
     queued: AtomicUsize,
 }
 
-/// What every delivery future shares.
+/// The state every delivery future shares.
 pub struct Shared {
     /// Producer of retry and dead-letter records.
     pub producer: FutureProducer,
@@ -257,8 +257,8 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Starts a consumed record: plans its deliveries, or holds it when it is a retry that is
-    /// not due yet. Returns the tasks to run now.
+    /// Starts a consumed record: plans its deliveries, or keeps it in memory when it is a
+    /// retry that is not due yet. Returns the tasks to run now.
     fn accept(&mut self, message: OwnedMessage) -> Vec<(u64, Task)> {
         let partition: TopicPartition = (message.topic().to_owned(), message.partition());
         let ticket = self
@@ -310,7 +310,7 @@ impl Dispatcher {
     }
 
     /// Registers the tasks of one record under a new work id. A record without tasks (an
-    /// event no subscription asks for) is complete at once.
+    /// event that no subscription requests) is complete at once.
     fn start_work(&mut self, ticket: Ticket, tasks: Vec<Task>) -> Vec<(u64, Task)> {
         if tasks.is_empty() {
             store_completed(&self.consumer, &self.tracker, &ticket);
@@ -445,7 +445,7 @@ pub fn plan(
                 attempts: 0,
                 body,
                 due_at_ms: now_ms,
-                last_answer: None,
+                last_response: None,
             });
         }
     }
@@ -477,7 +477,7 @@ async fn deliver(shared: &Shared, mut delivery: WebhookDelivery) -> bool {
     let endpoint = match EndpointUrl::parse(&subscription.url) {
         Ok(endpoint) => endpoint,
         Err(problem) => {
-            delivery.last_answer = Some(error_answer(format!("invalid URL: {problem}")));
+            delivery.last_response = Some(error_response(format!("invalid URL: {problem}")));
             return finish(shared, delivery, Finish::DeadLetter("invalid_url")).await;
         }
     };
@@ -533,26 +533,26 @@ async fn deliver(shared: &Shared, mut delivery: WebhookDelivery) -> bool {
             shared.metrics.settled(DeliveryOutcome::Delivered);
             true
         }
-        AttemptOutcome::Refused(refusal) => {
+        AttemptOutcome::Rejected(rejection) => {
             tracing::warn!(
                 delivery_id = %delivery.delivery_id,
                 subscription = %delivery.subscription_key,
-                reason = %refusal,
-                "webhook endpoint refused by the address guard"
+                reason = %rejection,
+                "webhook endpoint rejected by the address guard"
             );
-            delivery.last_answer = Some(error_answer(refusal.to_string()));
-            finish(shared, delivery, Finish::DeadLetter("endpoint_refused")).await
+            delivery.last_response = Some(error_response(rejection.to_string()));
+            finish(shared, delivery, Finish::DeadLetter("endpoint_rejected")).await
         }
-        AttemptOutcome::Failed(answer) => {
+        AttemptOutcome::Failed(response) => {
             tracing::info!(
                 delivery_id = %delivery.delivery_id,
                 subscription = %delivery.subscription_key,
                 attempts = delivery.attempts,
-                status = answer.status,
-                error = %answer.error,
+                status = response.status,
+                error = %response.error,
                 "webhook attempt failed"
             );
-            delivery.last_answer = Some(answer);
+            delivery.last_response = Some(response);
             match shared.schedule.after_failure(delivery.attempts) {
                 NextStep::Retry { tier, delay } => {
                     finish(shared, delivery, Finish::Retry { tier, delay }).await
@@ -565,7 +565,7 @@ async fn deliver(shared: &Shared, mut delivery: WebhookDelivery) -> bool {
     }
 }
 
-/// Where a delivery that was not delivered goes.
+/// The next topic of a delivery that was not delivered.
 enum Finish {
     /// To a retry tier, due after the delay.
     Retry { tier: usize, delay: Duration },
@@ -594,8 +594,8 @@ async fn finish(shared: &Shared, mut delivery: WebhookDelivery, finish: Finish) 
             (&shared.topics.retry[0], DeliveryOutcome::Deferred, None)
         }
         Finish::DeadLetter(code) => {
-            let outcome = if code == "endpoint_refused" {
-                DeliveryOutcome::Refused
+            let outcome = if code == "endpoint_rejected" {
+                DeliveryOutcome::Rejected
             } else {
                 DeliveryOutcome::DeadLettered
             };
@@ -614,12 +614,12 @@ async fn finish(shared: &Shared, mut delivery: WebhookDelivery, finish: Finish) 
             value: Some(schema.as_str()),
         });
     let detail = delivery
-        .last_answer
+        .last_response
         .as_ref()
-        .map(describe_answer)
+        .map(describe_response)
         .unwrap_or_default();
     if let Some(code) = reason {
-        if code != "endpoint_refused" {
+        if code != "endpoint_rejected" {
             tracing::warn!(
                 delivery_id = %delivery.delivery_id,
                 subscription = %delivery.subscription_key,
@@ -728,19 +728,19 @@ fn decode_payload<T: Contract>(message: &OwnedMessage) -> Result<T, String> {
     decode::<T>(payload).map_err(|error| error.to_string())
 }
 
-fn error_answer(error: String) -> LastAnswer {
-    LastAnswer {
+fn error_response(error: String) -> LastResponse {
+    LastResponse {
         status: None,
         body_prefix: String::new(),
         error,
     }
 }
 
-/// One line about an endpoint's last answer, for the dead-letter detail header.
-fn describe_answer(answer: &LastAnswer) -> String {
-    match answer.status {
-        Some(status) => format!("HTTP {status}: {}", answer.body_prefix),
-        None => answer.error.clone(),
+/// Returns one line about an endpoint's last response, for the dead-letter detail header.
+fn describe_response(response: &LastResponse) -> String {
+    match response.status {
+        Some(status) => format!("HTTP {status}: {}", response.body_prefix),
+        None => response.error.clone(),
     }
 }
 
@@ -758,7 +758,7 @@ fn duration_ms(duration: Duration) -> i64 {
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| duration_ms(elapsed))
+        .map_or(0, duration_ms)
 }
 
 async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {

@@ -14,7 +14,7 @@ use fieldforce_runtime::config::AllowedEndpoint;
 /// Host names of cloud metadata services, rejected before any lookup.
 const METADATA_HOSTS: [&str; 2] = ["metadata.google.internal", "metadata"];
 
-/// Why an address is not a public internet address.
+/// The kind of non-public address an address is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddressClass {
     /// `0.0.0.0/8`, `::`: "this host".
@@ -36,7 +36,7 @@ pub enum AddressClass {
 }
 
 impl AddressClass {
-    /// Returns the class name used in refusal messages.
+    /// Returns the class name used in rejection messages.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unspecified => "unspecified",
@@ -109,10 +109,10 @@ fn classify_v6(address: Ipv6Addr) -> Option<AddressClass> {
     }
 }
 
-/// A refused endpoint: the delivery goes to the dead-letter topic with this reason and is
-/// never retried, because the next attempt would be refused the same way.
+/// A rejected endpoint: the delivery goes to the dead-letter topic with this reason and is
+/// never retried, because the next attempt would be rejected the same way.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub enum Rejection {
     /// The host is a cloud metadata service name.
     #[error("host {0} is a cloud metadata service and is not in webhooks.allow_list")]
     MetadataHost(String),
@@ -121,7 +121,7 @@ pub enum Refusal {
     Address {
         /// Host as written in the URL.
         host: String,
-        /// First refused address, with the port.
+        /// First rejected address, with the port.
         address: SocketAddr,
         /// Class name of the address.
         class: &'static str,
@@ -141,30 +141,34 @@ impl AddressGuard {
     }
 
     /// Rejects a metadata host name before it is looked up, unless the allow-list names it.
-    pub fn check_host(&self, host: &str, port: u16) -> Result<(), Refusal> {
+    pub fn check_host(&self, host: &str, port: u16) -> Result<(), Rejection> {
         let host = host.to_ascii_lowercase();
         let host = host.trim_end_matches('.');
         if METADATA_HOSTS.contains(&host) && !self.names_host(host, port) {
-            return Err(Refusal::MetadataHost(host.to_owned()));
+            return Err(Rejection::MetadataHost(host.to_owned()));
         }
         Ok(())
     }
 
     /// Keeps the resolved addresses a delivery may connect to. Fails when none is left,
-    /// naming the first refused address.
-    pub fn filter(&self, host: &str, resolved: &[SocketAddr]) -> Result<Vec<SocketAddr>, Refusal> {
+    /// naming the first rejected address.
+    pub fn filter(
+        &self,
+        host: &str,
+        resolved: &[SocketAddr],
+    ) -> Result<Vec<SocketAddr>, Rejection> {
         let mut allowed = Vec::with_capacity(resolved.len());
-        let mut first_refused = None;
+        let mut first_rejected = None;
         for address in resolved {
             match self.check_address(host, *address) {
                 Ok(()) => allowed.push(*address),
                 Err(class) => {
-                    first_refused.get_or_insert((*address, class));
+                    first_rejected.get_or_insert((*address, class));
                 }
             }
         }
-        match (allowed.is_empty(), first_refused) {
-            (true, Some((address, class))) => Err(Refusal::Address {
+        match (allowed.is_empty(), first_rejected) {
+            (true, Some((address, class))) => Err(Rejection::Address {
                 host: host.to_owned(),
                 address,
                 class: class.as_str(),
@@ -202,7 +206,7 @@ impl AddressGuard {
     }
 }
 
-/// Whether `address` lies in the network `network/prefix_len`.
+/// Returns whether `address` lies in the network `network/prefix_len`.
 fn contains(network: IpAddr, prefix_len: u8, address: IpAddr) -> bool {
     match (network, address) {
         (IpAddr::V4(network), IpAddr::V4(address)) => {
@@ -298,10 +302,10 @@ mod tests {
                 .is_ok()
         );
 
-        let refused = guard.filter("127.0.0.1", &[socket("127.0.0.1:8081")]);
+        let rejected = guard.filter("127.0.0.1", &[socket("127.0.0.1:8081")]);
         assert_eq!(
-            refused,
-            Err(Refusal::Address {
+            rejected,
+            Err(Rejection::Address {
                 host: "127.0.0.1".into(),
                 address: socket("127.0.0.1:8081"),
                 class: "loopback",
@@ -343,7 +347,7 @@ mod tests {
         let guard = AddressGuard::default();
         assert!(matches!(
             guard.check_host("Metadata.Google.Internal.", 80),
-            Err(Refusal::MetadataHost(_))
+            Err(Rejection::MetadataHost(_))
         ));
         assert!(guard.check_host("hooks.example", 443).is_ok());
         let allowed = AddressGuard::new(vec![

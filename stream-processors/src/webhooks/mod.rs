@@ -88,7 +88,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProcessorErro
     let producer: FutureProducer = producer_config(&config.kafka).create()?;
 
     let guard = guard::AddressGuard::new(config.webhooks.allowed_endpoints());
-    let sender = sender::Sender::new(guard, config.webhooks.answer_body_max_bytes);
+    let sender = sender::Sender::new(guard, config.webhooks.response_body_max_bytes);
     let processors = &config.processors;
     let shared = Arc::new(dispatcher::Shared::new(
         producer,

@@ -1,6 +1,6 @@
 //! One delivery attempt over HTTP/1.1: resolve the host, keep the addresses the
 //! [`AddressGuard`] allows, connect to one of them (with TLS for `https`), POST the body with
-//! the signature headers and read the status and the first bytes of the answer.
+//! the signature headers and read the status and the first bytes of the response.
 //!
 //! Every attempt opens its own connection. Webhook traffic per endpoint is low and bounded by
 //! its concurrency limit, and a fresh connection means each attempt goes through the guard
@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fieldforce_schemas::webhook::EndpointUrl;
-use fieldforce_schemas::webhook::LastAnswer;
+use fieldforce_schemas::webhook::LastResponse;
 use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::guard::{AddressGuard, Refusal};
+use super::guard::{AddressGuard, Rejection};
 
 /// Headers of every delivery.
 pub const DELIVERY_HEADER: &str = "x-fieldforce-delivery";
@@ -41,18 +41,18 @@ pub struct Outgoing<'a> {
     pub body: &'a str,
 }
 
-/// How an attempt ended.
+/// The result of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptOutcome {
-    /// The endpoint answered 2xx.
+    /// The endpoint responded with a 2xx status.
     Delivered {
         /// Status code.
         status: u16,
     },
-    /// Any other answer, a timeout or a connection failure: worth trying again later.
-    Failed(LastAnswer),
-    /// The guard rejected the endpoint; trying again would be rejected the same way.
-    Refused(Refusal),
+    /// Any other status, a timeout or a connection failure, so a later attempt may succeed.
+    Failed(LastResponse),
+    /// The guard rejected the endpoint, and every later attempt would be rejected too.
+    Rejected(Rejection),
 }
 
 /// Sends deliveries; cheap to clone.
@@ -60,12 +60,12 @@ pub enum AttemptOutcome {
 pub struct Sender {
     guard: Arc<AddressGuard>,
     tls: tokio_rustls::TlsConnector,
-    answer_body_max_bytes: usize,
+    response_body_max_bytes: usize,
 }
 
 impl Sender {
     /// Creates a sender that trusts the Mozilla root certificates shipped in `webpki-roots`.
-    pub fn new(guard: AddressGuard, answer_body_max_bytes: usize) -> Self {
+    pub fn new(guard: AddressGuard, response_body_max_bytes: usize) -> Self {
         let roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -78,7 +78,7 @@ impl Sender {
         Self {
             guard: Arc::new(guard),
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            answer_body_max_bytes,
+            response_body_max_bytes,
         }
     }
 
@@ -100,8 +100,8 @@ impl Sender {
         endpoint: &EndpointUrl,
         outgoing: &Outgoing<'_>,
     ) -> AttemptOutcome {
-        if let Err(refusal) = self.guard.check_host(&endpoint.host, endpoint.port) {
-            return AttemptOutcome::Refused(refusal);
+        if let Err(rejection) = self.guard.check_host(&endpoint.host, endpoint.port) {
+            return AttemptOutcome::Rejected(rejection);
         }
         let resolved: Vec<SocketAddr> = match endpoint.host.parse::<std::net::IpAddr>() {
             Ok(address) => vec![SocketAddr::new(address, endpoint.port)],
@@ -119,7 +119,7 @@ impl Sender {
                 return failed(format!("{} resolves to no address", endpoint.host));
             }
             Ok(addresses) => addresses,
-            Err(refusal) => return AttemptOutcome::Refused(refusal),
+            Err(rejection) => return AttemptOutcome::Rejected(rejection),
         };
 
         let stream = match connect(&addresses).await {
@@ -147,7 +147,7 @@ impl Sender {
         }
     }
 
-    /// Sends the request on an open connection and reads the answer.
+    /// Sends the request on an open connection and reads the response.
     async fn exchange<S>(
         &self,
         stream: S,
@@ -162,7 +162,7 @@ impl Sender {
                 Ok(parts) => parts,
                 Err(error) => return failed(format!("HTTP handshake failed: {error}")),
             };
-        // The connection task ends when the answer is read or the request is dropped on
+        // The connection task ends when the response is read or the request is dropped on
         // timeout, whichever comes first.
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -194,8 +194,8 @@ impl Sender {
                 status: status.as_u16(),
             };
         }
-        let body_prefix = read_prefix(response.into_body(), self.answer_body_max_bytes).await;
-        AttemptOutcome::Failed(LastAnswer {
+        let body_prefix = read_prefix(response.into_body(), self.response_body_max_bytes).await;
+        AttemptOutcome::Failed(LastResponse {
             status: Some(status.as_u16()),
             body_prefix,
             error: String::new(),
@@ -219,7 +219,7 @@ async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, String> {
     Err(last_error)
 }
 
-/// Reads at most `max_bytes` of an answer body, as lossy UTF-8. A body that fails midway
+/// Reads at most `max_bytes` of a response body, as lossy UTF-8. A body that fails midway
 /// keeps what was read.
 async fn read_prefix(mut body: hyper::body::Incoming, max_bytes: usize) -> String {
     let mut prefix = Vec::new();
@@ -236,7 +236,7 @@ async fn read_prefix(mut body: hyper::body::Incoming, max_bytes: usize) -> Strin
 }
 
 fn failed(error: String) -> AttemptOutcome {
-    AttemptOutcome::Failed(LastAnswer {
+    AttemptOutcome::Failed(LastResponse {
         status: None,
         body_prefix: String::new(),
         error,
