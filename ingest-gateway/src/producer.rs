@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
-use fieldforce_schemas::codec::JSON_CONTENT_TYPE;
 use fieldforce_schemas::headers;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -124,15 +123,7 @@ impl GatewayProducer {
         schema: &str,
         timestamp_ms: i64,
     ) -> Result<(), ProduceError> {
-        let record_headers = OwnedHeaders::new()
-            .insert(Header {
-                key: headers::CONTENT_TYPE,
-                value: Some(JSON_CONTENT_TYPE),
-            })
-            .insert(Header {
-                key: headers::SCHEMA,
-                value: Some(schema),
-            });
+        let record_headers = fieldforce_kafka::client::json_record_headers(schema);
         let record = FutureRecord::to(topic)
             .key(key)
             .payload(payload)

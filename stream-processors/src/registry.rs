@@ -96,17 +96,11 @@ impl Registry<FormDefinition> {
         }
         // A scan, but only for unversioned submissions, over a map of registered forms that
         // holds hundreds of entries, not millions.
-        let entries = self
-            .entries
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries
-            .values()
-            .filter(|form| {
-                form.org_id == org_id && form.project_id == project_id && form.form_id == form_id
-            })
-            .max_by_key(|form| form.registered_at_ms)
-            .cloned()
+        self.values_where(|form| {
+            form.org_id == org_id && form.project_id == project_id && form.form_id == form_id
+        })
+        .into_iter()
+        .max_by_key(|form| form.registered_at_ms)
     }
 }
 

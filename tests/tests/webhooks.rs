@@ -293,28 +293,7 @@ impl Stack {
 
     /// Reads the webhook dead-letter topic until `count` records arrived.
     async fn dead_letters(&self, count: usize) -> Vec<OwnedMessage> {
-        let consumer: StreamConsumer = base_config(&self.config.kafka)
-            .set(
-                "group.id",
-                format!("test-reader-{}", uuid::Uuid::new_v4().simple()),
-            )
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        consumer
-            .subscribe(&[&self.config.kafka.topic(WEBHOOKS_DEADLETTER)])
-            .unwrap();
-        let mut records = Vec::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while records.len() < count {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(message)) => records.push(message.detach()),
-                Ok(Err(error)) => panic!("reading the dead-letter topic failed: {error}"),
-                Err(_) => panic!("{} of {count} dead-letters arrived", records.len()),
-            }
-        }
-        records
+        read_records(&self.config, WEBHOOKS_DEADLETTER, count).await
     }
 
     async fn stop(self) {
@@ -330,6 +309,31 @@ impl Stack {
             .unwrap();
         let _ = client.database(&self.config.mongodb.database).drop().await;
     }
+}
+
+/// Reads a topic from the beginning until `count` records arrived.
+async fn read_records(config: &Config, catalog_name: &str, count: usize) -> Vec<OwnedMessage> {
+    let topic = config.kafka.topic(catalog_name);
+    let consumer: StreamConsumer = base_config(&config.kafka)
+        .set(
+            "group.id",
+            format!("test-reader-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut records = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while records.len() < count {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(message)) => records.push(message.detach()),
+            Ok(Err(error)) => panic!("reading {topic} failed: {error}"),
+            Err(_) => panic!("{} of {count} records arrived on {topic}", records.len()),
+        }
+    }
+    records
 }
 
 /// Builds a processed submission; `flags` are the quality checks that fired.
@@ -750,23 +754,7 @@ async fn gateway_manages_subscriptions() {
     assert_eq!(status, 404);
 
     // The delete is a tombstone on the compacted topic, after the subscription record.
-    let topic = config.kafka.topic(WEBHOOKS_SUBSCRIPTIONS);
-    let consumer: StreamConsumer = base_config(&config.kafka)
-        .set("group.id", format!("test-reader-{suffix}"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&topic]).unwrap();
-    let mut records = Vec::new();
-    while records.len() < 2 {
-        let message = tokio::time::timeout(WAIT, consumer.recv())
-            .await
-            .expect("both records arrive")
-            .unwrap()
-            .detach();
-        records.push(message);
-    }
+    let records = read_records(&config, WEBHOOKS_SUBSCRIPTIONS, 2).await;
     assert_eq!(records[0].key(), Some("demo/census/crm".as_bytes()));
     assert!(records[0].payload().is_some());
     assert_eq!(records[1].key(), Some("demo/census/crm".as_bytes()));

@@ -17,18 +17,18 @@
 
 use std::time::Duration;
 
+use fieldforce_kafka::client::json_record_headers;
 use fieldforce_kafka::dead_letter::{DeadLetterReason, dead_letter_record};
 use fieldforce_kafka::offsets::Ticket;
 use fieldforce_runtime::config::SinkConfig;
 use fieldforce_runtime::shutdown::Shutdown;
-use fieldforce_schemas::codec::{Contract, JSON_CONTENT_TYPE, decode, encode};
-use fieldforce_schemas::headers;
+use fieldforce_schemas::codec::{Contract, decode, encode};
 use fieldforce_schemas::submission::ProcessedSubmission;
 use fieldforce_schemas::webhook::SubmissionStored;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::time::Instant;
 
@@ -357,15 +357,7 @@ impl SinkLoop {
                 .filter(|(_, done)| !**done)
                 .map(|(event, _)| {
                     let payload = encode(event);
-                    let record_headers = OwnedHeaders::new()
-                        .insert(Header {
-                            key: headers::CONTENT_TYPE,
-                            value: Some(JSON_CONTENT_TYPE),
-                        })
-                        .insert(Header {
-                            key: headers::SCHEMA,
-                            value: Some(schema.as_str()),
-                        });
+                    let record_headers = json_record_headers(&schema);
                     let producer = &self.producer;
                     let topic = &self.topics.stored;
                     async move {

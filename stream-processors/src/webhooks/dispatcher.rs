@@ -18,11 +18,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use fieldforce_kafka::client::json_record_headers;
 use fieldforce_kafka::dead_letter::{DeadLetterReason, dead_letter_record};
 use fieldforce_kafka::offsets::{OffsetTracker, Ticket, TopicPartition};
 use fieldforce_runtime::config::WebhooksConfig;
 use fieldforce_runtime::shutdown::Shutdown;
-use fieldforce_schemas::codec::{Contract, JSON_CONTENT_TYPE, decode, encode};
+use fieldforce_schemas::codec::{Contract, decode, encode};
 use fieldforce_schemas::headers;
 use fieldforce_schemas::webhook::{
     EndpointUrl, LastResponse, SubmissionStored, WEBHOOK_DELIVERY_VERSION, WebhookDelivery,
@@ -604,15 +605,7 @@ async fn finish(shared: &Shared, mut delivery: WebhookDelivery, finish: Finish) 
     };
 
     let schema = WebhookDelivery::schema_header();
-    let mut record_headers = OwnedHeaders::new()
-        .insert(Header {
-            key: headers::CONTENT_TYPE,
-            value: Some(JSON_CONTENT_TYPE),
-        })
-        .insert(Header {
-            key: headers::SCHEMA,
-            value: Some(schema.as_str()),
-        });
+    let mut record_headers = json_record_headers(&schema);
     let detail = delivery
         .last_response
         .as_ref()
