@@ -908,6 +908,49 @@ mod tests {
     }
 
     #[test]
+    fn stored_event_fills_missing_defaults() {
+        let mut writer_json: serde_json::Value =
+            serde_json::from_str(include_str!("../avro/submission-stored.v1.avsc")).unwrap();
+        let optional = [
+            "instance_id",
+            "revision",
+            "processing_status",
+            "quality_score",
+            "quality_flags",
+        ];
+        writer_json["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|field| !optional.contains(&field["name"].as_str().unwrap()));
+        let writer = Schema::parse(&writer_json).unwrap();
+        let datum = GenericDatumWriter::builder(&writer)
+            .build()
+            .unwrap()
+            .write_value_to_vec(Value::Record(vec![
+                ("schema_version".into(), Value::Int(1)),
+                ("org_id".into(), Value::String("health-ministry".into())),
+                ("project_id".into(), Value::String("census".into())),
+                ("form_id".into(), Value::String("household".into())),
+                (
+                    "submission_id".into(),
+                    Value::String("uuid:partner-1".into()),
+                ),
+                ("stored_at_ms".into(), Value::Long(1_764_000_000_500)),
+            ]))
+            .unwrap();
+
+        let reader = &builtin().newest("submission-stored").unwrap().schema;
+        let value = read_datum(&writer, reader, &datum).unwrap();
+        let event = SubmissionStored::from_value(&value).unwrap();
+        assert_eq!(event.instance_id, None);
+        assert_eq!(event.revision, 0);
+        assert_eq!(event.processing_status, None);
+        assert_eq!(event.quality_score, None);
+        assert!(event.quality_flags.is_empty());
+        assert_eq!(event.stored_at_ms, 1_764_000_000_500);
+    }
+
+    #[test]
     fn single_object_matches_apache_avro_writer() {
         let parsed = builtin().newest("raw-submission").unwrap();
         let value = apache_avro::to_value(AvroRawSubmission::from(&sample()))

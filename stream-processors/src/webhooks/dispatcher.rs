@@ -366,6 +366,9 @@ impl Dispatcher {
         for (partition, queue) in &mut self.waiting {
             // A partition revoked while its records waited belongs to another member now,
             // which reads those records again.
+            // NOTE: a partition revoked and assigned back before its held records fall due
+            // is read again from the committed offset, so those records are held twice and
+            // delivered twice, with the same delivery ids.
             let still_assigned = assigned
                 .as_ref()
                 .is_none_or(|list| list.find_partition(&partition.0, partition.1).is_some());

@@ -129,6 +129,8 @@ impl Sender {
         if !endpoint.tls {
             return self.exchange(stream, endpoint, outgoing).await;
         }
+        // NOTE: the acceptance tests use plain HTTP receivers, so this TLS path has only been
+        // compiled, never run against a server.
         let server_name = match rustls::pki_types::ServerName::try_from(endpoint.host.clone()) {
             Ok(name) => name,
             Err(error) => {
