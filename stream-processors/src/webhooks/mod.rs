@@ -10,7 +10,9 @@
 //! - [`delivery`]: delivery ids, bodies, signatures and the retry schedule.
 //! - [`guard`]: the outbound address guard.
 //! - [`sender`]: one HTTP attempt.
-//! - [`dispatcher`]: the loop, the per-endpoint limits, and where failed deliveries go.
+//! - [`dispatcher`]: the loop: consuming, holding retries until due, and storing offsets.
+//! - [`task`]: one delivery: the per-endpoint limits, the attempt, and where a failed
+//!   delivery goes.
 //!
 //! Deliveries are at least once. A delivery's id depends only on the subscription, the
 //! submission, its revision and the event, so every retry, a replay after a crash and a second
@@ -21,6 +23,7 @@ pub mod delivery;
 pub mod dispatcher;
 pub mod guard;
 pub mod sender;
+pub mod task;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,7 +64,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProcessorErro
     )
     .await?;
 
-    let topics = dispatcher::Topics {
+    let topics = task::Topics {
         events: config.kafka.topic(SUBMISSIONS_STORED),
         retry: WEBHOOKS_RETRY_TIERS
             .iter()
@@ -90,7 +93,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProcessorErro
     let guard = guard::AddressGuard::new(config.webhooks.allowed_endpoints());
     let sender = sender::Sender::new(guard, config.webhooks.response_body_max_bytes);
     let processors = &config.processors;
-    let shared = Arc::new(dispatcher::Shared::new(
+    let shared = Arc::new(task::Shared::new(
         producer,
         subscriptions,
         sender,
