@@ -10,6 +10,7 @@ use crate::instance::InstanceError;
 use crate::json_submission::JsonSubmissionError;
 use crate::producer::ProduceError;
 use crate::xform::XFormError;
+use fieldforce_kafka::compacted::CompactedReadError;
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,15 @@ pub enum GatewayError {
         "the server could not store the submission right now, nothing was saved: send it again later"
     )]
     Unavailable(#[from] ProduceError),
+    /// The webhook subscription is well-formed JSON but breaks a rule (422).
+    #[error("invalid webhook subscription: {0}")]
+    InvalidWebhook(String),
+    /// No webhook subscription with this id in the project (404).
+    #[error("no webhook subscription {0:?} in this project")]
+    WebhookNotFound(String),
+    /// The webhook subscriptions could not be read from Kafka (503).
+    #[error("the server could not read the webhook subscriptions right now: try again later")]
+    SubscriptionsUnavailable(#[from] CompactedReadError),
     /// An attachment could not be written (503).
     #[error(
         "the server could not store an attachment right now, nothing was saved: send it again later"
@@ -97,10 +107,13 @@ impl GatewayError {
             | Self::XForm(_)
             | Self::OriginalNotFound(_) => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::InvalidWebhook(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound | Self::WebhookNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable(_) | Self::BlobWrite(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::BlobWrite(_) | Self::SubscriptionsUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -124,6 +137,9 @@ impl GatewayError {
             Self::Conflict(_) => "conflict",
             Self::OriginalNotFound(_) => "original_not_found",
             Self::NotFound => "not_found",
+            Self::InvalidWebhook(_) => "invalid_webhook",
+            Self::WebhookNotFound(_) => "webhook_not_found",
+            Self::SubscriptionsUnavailable(_) => "subscriptions_unavailable",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unavailable(_) => "kafka_unavailable",

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
-use fieldforce_schemas::codec::JSON_CONTENT_TYPE;
 use fieldforce_schemas::headers;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -124,21 +123,37 @@ impl GatewayProducer {
         schema: &str,
         timestamp_ms: i64,
     ) -> Result<(), ProduceError> {
-        let record_headers = OwnedHeaders::new()
-            .insert(Header {
-                key: headers::CONTENT_TYPE,
-                value: Some(JSON_CONTENT_TYPE),
-            })
-            .insert(Header {
-                key: headers::SCHEMA,
-                value: Some(schema),
-            });
+        let record_headers = fieldforce_kafka::client::json_record_headers(schema);
         let record = FutureRecord::to(topic)
             .key(key)
             .payload(payload)
             .headers(record_headers)
             .timestamp(timestamp_ms);
+        self.deliver(record).await
+    }
 
+    /// Produces a tombstone (a record without a value) and waits for its delivery report.
+    /// On a compacted topic it deletes `key`.
+    pub async fn send_tombstone(
+        &self,
+        topic: &str,
+        key: &str,
+        schema: &str,
+        timestamp_ms: i64,
+    ) -> Result<(), ProduceError> {
+        let record_headers = OwnedHeaders::new().insert(Header {
+            key: headers::SCHEMA,
+            value: Some(schema),
+        });
+        let record = FutureRecord::<str, [u8]>::to(topic)
+            .key(key)
+            .headers(record_headers)
+            .timestamp(timestamp_ms);
+        self.deliver(record).await
+    }
+
+    /// Queues a record and waits for its delivery report.
+    async fn deliver(&self, record: FutureRecord<'_, str, [u8]>) -> Result<(), ProduceError> {
         let delivery = match self.inner.send_result(record) {
             Ok(delivery) => delivery,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

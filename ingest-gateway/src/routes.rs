@@ -1,10 +1,11 @@
 //! Routing and the endpoint handlers: OpenRosa submission, JSON submission and batch, form
-//! registration, project settings, health, readiness and metrics.
+//! registration, project settings, webhook subscriptions (handled in [`crate::webhooks`]),
+//! health, readiness and metrics.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fieldforce_runtime::config::GatewayConfig;
+use fieldforce_runtime::config::{GatewayConfig, KafkaConfig};
 use fieldforce_schemas::codec::{self, Contract};
 use fieldforce_schemas::form::FormDefinition;
 use fieldforce_schemas::project::{PROJECT_SETTINGS_VERSION, ProjectSettings};
@@ -46,6 +47,10 @@ pub struct AppState {
     pub forms_topic: String,
     /// Full name of the project settings topic.
     pub settings_topic: String,
+    /// Full name of the webhook subscriptions topic.
+    pub webhooks_topic: String,
+    /// Kafka settings, for reading the webhook subscriptions topic.
+    pub kafka: KafkaConfig,
 }
 
 /// A request matched to its endpoint.
@@ -58,6 +63,8 @@ enum Route<'a> {
     JsonBatch(Option<&'a str>),
     Forms(&'a str),
     Settings(&'a str),
+    Webhooks(&'a str),
+    Webhook(&'a str, &'a str),
     Health,
     Ready,
     Metrics,
@@ -73,6 +80,7 @@ impl Route<'_> {
             Self::JsonBatch(_) => "json_batch",
             Self::Forms(_) => "forms",
             Self::Settings(_) => "settings",
+            Self::Webhooks(_) | Self::Webhook(..) => "webhooks",
             Self::Health | Self::Ready => "health",
             Self::Metrics => "metrics",
             Self::Unknown => "unknown",
@@ -108,6 +116,8 @@ fn route(path: &str) -> Route<'_> {
         ["v1", "projects", project, "submissions", "batch"] => Route::JsonBatch(Some(project)),
         ["v1", "projects", project, "forms"] => Route::Forms(project),
         ["v1", "projects", project, "settings"] => Route::Settings(project),
+        ["v1", "projects", project, "webhooks"] => Route::Webhooks(project),
+        ["v1", "projects", project, "webhooks", id] => Route::Webhook(project, id),
         ["healthz"] => Route::Health,
         ["readyz"] => Route::Ready,
         ["metrics"] => Route::Metrics,
@@ -180,6 +190,23 @@ async fn dispatch(
         (Route::Settings(project), Method::PUT) => {
             let (principal, project) = authorize(state, &request, Some(project), None)?;
             put_settings(state, principal, project, request).await
+        }
+        (Route::Webhooks(project), Method::GET) => {
+            let (principal, project) = authorize(state, &request, Some(project), None)?;
+            crate::webhooks::list(state, &principal.org_id, &project).await
+        }
+        (Route::Webhook(project, id), Method::PUT) => {
+            let (principal, project) = authorize(state, &request, Some(project), None)?;
+            let body = read_body(state, request, state.config.max_document_bytes).await?;
+            crate::webhooks::put(state, &principal.org_id, &project, id, &body).await
+        }
+        (Route::Webhook(project, id), Method::GET) => {
+            let (principal, project) = authorize(state, &request, Some(project), None)?;
+            crate::webhooks::get(state, &principal.org_id, &project, id).await
+        }
+        (Route::Webhook(project, id), Method::DELETE) => {
+            let (principal, project) = authorize(state, &request, Some(project), None)?;
+            crate::webhooks::delete(state, &principal.org_id, &project, id).await
         }
         (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "ok\n", "text/plain")),
         (Route::Ready, Method::GET) => Ok(if state.producer.is_ready() {
@@ -630,6 +657,14 @@ mod tests {
         assert!(matches!(
             route("/v1/projects/census/submissions/batch"),
             Route::JsonBatch(Some("census"))
+        ));
+        assert!(matches!(
+            route("/v1/projects/census/webhooks"),
+            Route::Webhooks("census")
+        ));
+        assert!(matches!(
+            route("/v1/projects/census/webhooks/crm"),
+            Route::Webhook("census", "crm")
         ));
         assert!(matches!(route("/v1/other"), Route::Unknown));
     }

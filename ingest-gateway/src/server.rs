@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldforce_kafka::catalog::{FORMS, PROJECT_SETTINGS, SUBMISSIONS_RAW};
+use fieldforce_kafka::catalog::{FORMS, PROJECT_SETTINGS, SUBMISSIONS_RAW, WEBHOOKS_SUBSCRIPTIONS};
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
 use hyper::server::conn::http1;
@@ -77,6 +77,8 @@ pub async fn run(
         metrics,
         forms_topic: config.kafka.topic(FORMS),
         settings_topic: config.kafka.topic(PROJECT_SETTINGS),
+        webhooks_topic: config.kafka.topic(WEBHOOKS_SUBSCRIPTIONS),
+        kafka: config.kafka.clone(),
     });
     tokio::spawn(producer.clone().probe_brokers(shutdown.clone()));
 

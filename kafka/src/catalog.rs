@@ -19,6 +19,17 @@ pub const SUBMISSIONS_DEADLETTER: &str = "submissions.deadletter";
 pub const FORMS: &str = "forms";
 /// Catalog name of the compacted project settings topic.
 pub const PROJECT_SETTINGS: &str = "project-settings";
+/// Catalog name of the topic of submissions the store has acknowledged, written by the sink.
+pub const SUBMISSIONS_STORED: &str = "submissions.stored";
+/// Catalog name of the compacted webhook subscriptions topic.
+pub const WEBHOOKS_SUBSCRIPTIONS: &str = "webhooks.subscriptions";
+/// Catalog names of the webhook retry topics, shortest delay first. Every record of one
+/// tier waits the same delay, so the records of a partition fall due in offset order.
+pub const WEBHOOKS_RETRY_TIERS: [&str; 3] =
+    ["webhooks.retry.1", "webhooks.retry.2", "webhooks.retry.3"];
+/// Catalog name of the webhook dead-letter topic: deliveries that ran out of attempts or
+/// whose endpoint is not allowed.
+pub const WEBHOOKS_DEADLETTER: &str = "webhooks.deadletter";
 
 /// Consumer group of the sink, before the deployment's `sink.group_id_prefix`.
 pub const SINK_GROUP: &str = "fieldforce-sink";
@@ -121,7 +132,13 @@ mod tests {
             SUBMISSIONS_DEADLETTER,
             FORMS,
             PROJECT_SETTINGS,
-        ] {
+            SUBMISSIONS_STORED,
+            WEBHOOKS_SUBSCRIPTIONS,
+            WEBHOOKS_DEADLETTER,
+        ]
+        .into_iter()
+        .chain(WEBHOOKS_RETRY_TIERS)
+        {
             assert!(
                 catalog.topic(name).is_some(),
                 "{name} missing from the catalog"

@@ -1,7 +1,10 @@
 //! librdkafka configurations for every FieldForce client.
 
 use fieldforce_runtime::config::KafkaConfig;
+use fieldforce_schemas::codec::JSON_CONTENT_TYPE;
+use fieldforce_schemas::headers;
 use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 
 /// Returns the settings every client shares: brokers plus the pass-through properties.
 pub fn base_config(kafka: &KafkaConfig) -> ClientConfig {
@@ -66,4 +69,18 @@ pub fn reader_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
     config
+}
+
+/// Returns the headers of a JSON contract record: the JSON content type and `schema`, the
+/// contract's schema header such as `submission-stored/1`.
+pub fn json_record_headers(schema: &str) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: headers::CONTENT_TYPE,
+            value: Some(JSON_CONTENT_TYPE),
+        })
+        .insert(Header {
+            key: headers::SCHEMA,
+            value: Some(schema),
+        })
 }

@@ -1,6 +1,7 @@
 //! The FieldForce topic catalog and the Kafka plumbing every service shares.
 //!
 //! - [`catalog`]: the topics in `kafka/topics.toml`, embedded at build time, and their names.
+//! - [`compacted`]: reading a whole compacted topic once, up to its current end.
 //! - [`client`]: librdkafka configurations for producers and consumers, built from the shared
 //!   [`fieldforce_runtime::config::KafkaConfig`] so that SASL and TLS settings pass through.
 //! - [`admin`]: creating the catalog's topics and reporting drift from it.
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod client;
+pub mod compacted;
 pub mod dead_letter;
 pub mod lag;
 pub mod offsets;

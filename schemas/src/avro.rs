@@ -27,6 +27,7 @@
 //! cover the whole record.
 
 mod dead_letter;
+mod event;
 mod settings;
 mod submission;
 
@@ -45,8 +46,10 @@ use crate::dead_letter::DeadLetterEnvelope;
 use crate::form::FormDefinition;
 use crate::project::ProjectSettings;
 use crate::submission::{ProcessedSubmission, RawSubmission};
+use crate::webhook::SubmissionStored;
 
 use dead_letter::AvroDeadLetterEnvelope;
+use event::AvroSubmissionStored;
 use settings::{AvroFormDefinition, AvroProjectSettings};
 use submission::{AvroProcessedSubmission, AvroRawSubmission};
 
@@ -102,6 +105,13 @@ pub const SCHEMAS: &[SchemaEntry] = &[
         version: 1,
         confluent_id: 1005,
         text: include_str!("../avro/dead-letter.v1.avsc"),
+        references: &[],
+    },
+    SchemaEntry {
+        contract: "submission-stored",
+        version: 1,
+        confluent_id: 1006,
+        text: include_str!("../avro/submission-stored.v1.avsc"),
         references: &[],
     },
 ];
@@ -207,6 +217,7 @@ avro_contract!(
 avro_contract!(FormDefinition, AvroFormDefinition, "form-definition");
 avro_contract!(ProjectSettings, AvroProjectSettings, "project-settings");
 avro_contract!(DeadLetterEnvelope, AvroDeadLetterEnvelope, "dead-letter");
+avro_contract!(SubmissionStored, AvroSubmissionStored, "submission-stored");
 
 fn from_layout<L, T>(value: &Value) -> Result<T, PartnerDecodeError>
 where
@@ -599,6 +610,22 @@ mod tests {
         }
     }
 
+    fn stored_sample() -> SubmissionStored {
+        SubmissionStored {
+            schema_version: 1,
+            org_id: "health-ministry".into(),
+            project_id: "census".into(),
+            form_id: "household".into(),
+            submission_id: "uuid:partner-1".into(),
+            instance_id: Some("uuid:partner-1".into()),
+            revision: 2,
+            processing_status: Some(ProcessingStatus::NeedsReview),
+            quality_score: Some(80),
+            quality_flags: vec!["too_fast".into()],
+            stored_at_ms: 1_764_000_000_500,
+        }
+    }
+
     fn assert_round_trips<T: AvroContract + PartialEq + Debug>(record: &T) {
         let single_object = encode_single_object(record);
         assert_eq!(
@@ -727,6 +754,7 @@ mod tests {
             FormDefinition::CONTRACT,
             ProjectSettings::CONTRACT,
             DeadLetterEnvelope::CONTRACT,
+            SubmissionStored::CONTRACT,
         ] {
             assert!(builtin().newest(contract).is_some(), "{contract}");
         }
@@ -837,6 +865,14 @@ mod tests {
         assert_round_trips(&form_sample());
         assert_round_trips(&project_sample());
         assert_round_trips(&dead_letter_sample());
+        assert_round_trips(&stored_sample());
+        assert_round_trips(&SubmissionStored {
+            instance_id: None,
+            processing_status: None,
+            quality_score: None,
+            quality_flags: Vec::new(),
+            ..stored_sample()
+        });
         assert_round_trips(&DeadLetterEnvelope {
             key: None,
             value: None,
@@ -869,6 +905,49 @@ mod tests {
         let value = read_datum(&writer, reader, &datum).unwrap();
         let settings = ProjectSettings::from_value(&value).unwrap();
         assert_eq!(settings.quality, QualityThresholds::default());
+    }
+
+    #[test]
+    fn stored_event_fills_missing_defaults() {
+        let mut writer_json: serde_json::Value =
+            serde_json::from_str(include_str!("../avro/submission-stored.v1.avsc")).unwrap();
+        let optional = [
+            "instance_id",
+            "revision",
+            "processing_status",
+            "quality_score",
+            "quality_flags",
+        ];
+        writer_json["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|field| !optional.contains(&field["name"].as_str().unwrap()));
+        let writer = Schema::parse(&writer_json).unwrap();
+        let datum = GenericDatumWriter::builder(&writer)
+            .build()
+            .unwrap()
+            .write_value_to_vec(Value::Record(vec![
+                ("schema_version".into(), Value::Int(1)),
+                ("org_id".into(), Value::String("health-ministry".into())),
+                ("project_id".into(), Value::String("census".into())),
+                ("form_id".into(), Value::String("household".into())),
+                (
+                    "submission_id".into(),
+                    Value::String("uuid:partner-1".into()),
+                ),
+                ("stored_at_ms".into(), Value::Long(1_764_000_000_500)),
+            ]))
+            .unwrap();
+
+        let reader = &builtin().newest("submission-stored").unwrap().schema;
+        let value = read_datum(&writer, reader, &datum).unwrap();
+        let event = SubmissionStored::from_value(&value).unwrap();
+        assert_eq!(event.instance_id, None);
+        assert_eq!(event.revision, 0);
+        assert_eq!(event.processing_status, None);
+        assert_eq!(event.quality_score, None);
+        assert!(event.quality_flags.is_empty());
+        assert_eq!(event.stored_at_ms, 1_764_000_000_500);
     }
 
     #[test]

@@ -80,6 +80,30 @@ impl Contract for crate::project::ProjectSettings {
     }
 }
 
+impl Contract for crate::webhook::SubmissionStored {
+    const NAME: &'static str = "submission-stored";
+    const VERSION: u32 = crate::webhook::SUBMISSION_STORED_VERSION;
+    fn schema_version(&self) -> u32 {
+        self.schema_version
+    }
+}
+
+impl Contract for crate::webhook::WebhookSubscription {
+    const NAME: &'static str = "webhook-subscription";
+    const VERSION: u32 = crate::webhook::WEBHOOK_SUBSCRIPTION_VERSION;
+    fn schema_version(&self) -> u32 {
+        self.schema_version
+    }
+}
+
+impl Contract for crate::webhook::WebhookDelivery {
+    const NAME: &'static str = "webhook-delivery";
+    const VERSION: u32 = crate::webhook::WEBHOOK_DELIVERY_VERSION;
+    fn schema_version(&self) -> u32 {
+        self.schema_version
+    }
+}
+
 /// Encodes a record value as JSON.
 pub fn encode<T: Contract>(record: &T) -> Vec<u8> {
     // serde_json fails only on non-string map keys and on custom Serialize errors, and the

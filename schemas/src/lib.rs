@@ -8,6 +8,10 @@
 //!   processor fills in its own part and passes the rest through unchanged.
 //! - [`form::FormDefinition`] and [`project::ProjectSettings`]: compacted topics that the
 //!   processors read at run time.
+//! - [`webhook::SubmissionStored`]: the stored-submissions topic, written by the sink once the
+//!   store acknowledged a submission; [`webhook::WebhookSubscription`] and
+//!   [`webhook::WebhookDelivery`]: the webhook dispatcher's subscriptions, retries and
+//!   dead-letters.
 //! - [`headers`]: the Kafka header names every producer sets, including the dead-letter ones.
 //! - [`dead_letter::DeadLetterEnvelope`]: a dead-lettered record as one value, for export tools.
 //!
@@ -26,3 +30,4 @@ pub mod headers;
 pub mod odk;
 pub mod project;
 pub mod submission;
+pub mod webhook;

@@ -7,6 +7,8 @@
 //!   GeoJSON and testing the primary point against the project's geofences ([`geofence`]).
 //! - [`quality`]: `submissions.located` to `submissions.processed`, scoring the submission and
 //!   setting its processing status.
+//! - [`webhooks`]: `submissions.stored` to the projects' webhook endpoints, with retry topics
+//!   and a dead-letter topic of its own.
 //!
 //! They share [`pipeline`] (consume, transform batches on rayon, produce, store offsets after
 //! delivery, dead-letter what cannot be processed), [`registry`] (forms and project settings
@@ -25,5 +27,6 @@ pub mod pipeline;
 pub mod quality;
 pub mod registry;
 pub mod validate;
+pub mod webhooks;
 
 pub use error::ProcessorError;

@@ -1,6 +1,8 @@
 //! Every metric of the stream processors, declared once. Names follow
-//! `fieldforce_processor_<name>_<unit>[_total]`; the only label is `stage` (`validation`,
-//! `geo`, `quality`), a fixed list. The consumer-lag gauges shared with the sink are declared
+//! `fieldforce_processor_<name>_<unit>[_total]`, with the label `stage` (`validation`, `geo`,
+//! `quality`, `webhooks`), a fixed list. The webhook dispatcher adds
+//! `fieldforce_webhooks_<name>_<unit>[_total]` with the label `outcome`, whose values are the
+//! fixed [`DeliveryOutcome`] names. The consumer-lag gauges shared with the sink are declared
 //! in [`fieldforce_kafka::lag::metrics`] and registered here.
 
 use fieldforce_kafka::lag::metrics::LagMetrics;
@@ -14,7 +16,7 @@ use prometheus_client::registry::Registry;
 /// The label set of every processor metric.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
-    /// Processing stage: `validation`, `geo` or `quality`.
+    /// Processing stage: `validation`, `geo`, `quality` or `webhooks`.
     pub stage: &'static str,
 }
 
@@ -118,5 +120,99 @@ impl Metrics {
             in_flight: in_flight_family.get_or_create(&label).clone(),
             lag: LagMetrics::register(registry, group_id),
         }
+    }
+}
+
+/// How one webhook delivery attempt, or a delivery as a whole, ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// The attempt failed and the delivery went to a retry topic.
+    Retried,
+    /// The endpoint's queue was full, so the delivery went to the first retry topic without
+    /// an attempt.
+    Deferred,
+    /// The last attempt failed and the delivery went to the dead-letter topic.
+    DeadLettered,
+    /// The address guard rejected the endpoint and the delivery went to the dead-letter topic.
+    Rejected,
+    /// The subscription was deleted before the attempt, so the delivery was dropped.
+    Dropped,
+}
+
+impl DeliveryOutcome {
+    /// Returns the label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retried => "retried",
+            Self::Deferred => "deferred",
+            Self::DeadLettered => "dead_lettered",
+            Self::Rejected => "rejected",
+            Self::Dropped => "dropped",
+        }
+    }
+}
+
+/// The label set of the webhook delivery metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// A [`DeliveryOutcome`] name.
+    pub outcome: &'static str,
+}
+
+/// Metrics of the webhook dispatcher beyond the shared processor ones.
+#[derive(Debug, Clone)]
+pub struct WebhookMetrics {
+    /// Deliveries settled, by outcome.
+    pub deliveries: Family<OutcomeLabel, Counter>,
+    /// Duration of one HTTP attempt, from resolving the host to reading the answer, in seconds.
+    pub attempt_seconds: Histogram,
+    /// Deliveries started and not yet settled.
+    pub in_flight: Gauge,
+    /// Retry records held until they fall due.
+    pub waiting: Gauge,
+}
+
+impl WebhookMetrics {
+    /// Registers the webhook metrics under `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            deliveries: Family::default(),
+            attempt_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            in_flight: Gauge::default(),
+            waiting: Gauge::default(),
+        };
+        registry.register(
+            "fieldforce_webhooks_deliveries",
+            "Webhook deliveries settled, by outcome",
+            metrics.deliveries.clone(),
+        );
+        registry.register(
+            "fieldforce_webhooks_attempt_duration_seconds",
+            "Duration of one webhook HTTP attempt",
+            metrics.attempt_seconds.clone(),
+        );
+        registry.register(
+            "fieldforce_webhooks_in_flight_deliveries",
+            "Webhook deliveries started and not yet settled",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "fieldforce_webhooks_waiting_retry_records",
+            "Retry records held until they fall due",
+            metrics.waiting.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a settled delivery.
+    pub fn settled(&self, outcome: DeliveryOutcome) {
+        self.deliveries
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
+            .inc();
     }
 }

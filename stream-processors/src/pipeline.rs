@@ -94,10 +94,10 @@ pub fn decode_value<T: Contract>(message: &OwnedMessage) -> Result<T, Unprocessa
 }
 
 /// Consumer context that keeps the offset tracker in step with the group's assignment.
-struct RebalanceContext {
-    tracker: Arc<Mutex<OffsetTracker>>,
-    metrics: Metrics,
-    stage: &'static str,
+pub(crate) struct RebalanceContext {
+    pub(crate) tracker: Arc<Mutex<OffsetTracker>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) stage: &'static str,
 }
 
 impl ClientContext for RebalanceContext {}
@@ -166,7 +166,7 @@ impl ConsumerContext for RebalanceContext {
     }
 }
 
-type GroupConsumer = StreamConsumer<RebalanceContext>;
+pub(crate) type GroupConsumer = StreamConsumer<RebalanceContext>;
 
 /// A record ready to produce: the processed output or a dead-letter record.
 #[derive(Debug, Clone)]
@@ -378,8 +378,19 @@ pub async fn run<T: Transform>(
     )
     .await;
 
+    commit_final(&consumer, &metrics, spec.stage).await?;
+    tracing::info!(stage = spec.stage, "processor stopped");
+    Ok(())
+}
+
+/// Commits the stored offsets before the consumer leaves its group.
+pub(crate) async fn commit_final(
+    consumer: &Arc<GroupConsumer>,
+    metrics: &Metrics,
+    stage: &'static str,
+) -> Result<(), ProcessorError> {
     // The final commit blocks on a broker round trip.
-    let committing = Arc::clone(&consumer);
+    let committing = Arc::clone(consumer);
     let committed =
         tokio::task::spawn_blocking(move || committing.commit_consumer_state(CommitMode::Sync))
             .await
@@ -388,10 +399,9 @@ pub async fn run<T: Transform>(
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(error) => {
             metrics.commit_failures.inc();
-            tracing::warn!(stage = spec.stage, %error, "final commit failed, the next run replays from the last commit");
+            tracing::warn!(stage, %error, "final commit failed, the next run replays from the last commit");
         }
     }
-    tracing::info!(stage = spec.stage, "processor stopped");
     Ok(())
 }
 
@@ -580,11 +590,20 @@ fn acknowledge(
         *count = count.saturating_sub(1);
     }
     resume_if_clear(consumer, flow, &ticket.partition, per_partition_max);
+    store_completed(consumer, tracker, &ticket);
+}
 
+/// Completes a ticket whose output is durable and stores the partition's offset when it
+/// moved, for the background commit to send.
+pub(crate) fn store_completed(
+    consumer: &GroupConsumer,
+    tracker: &Mutex<OffsetTracker>,
+    ticket: &Ticket,
+) {
     let committable = tracker
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .complete(&ticket);
+        .complete(ticket);
     let Some(next_offset) = committable else {
         return;
     };

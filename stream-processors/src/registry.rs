@@ -51,6 +51,19 @@ impl<T> Registry<T> {
         entries.get(key).cloned()
     }
 
+    /// Returns every value for which `keep` holds, in no particular order.
+    pub fn values_where(&self, keep: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .values()
+            .filter(|value| keep(value))
+            .cloned()
+            .collect()
+    }
+
     /// Stores `value` under `key`, or removes the key when `value` is `None`.
     pub fn put(&self, key: String, value: Option<T>) {
         let mut entries = self
@@ -83,17 +96,11 @@ impl Registry<FormDefinition> {
         }
         // A scan, but only for unversioned submissions, over a map of registered forms that
         // holds hundreds of entries, not millions.
-        let entries = self
-            .entries
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries
-            .values()
-            .filter(|form| {
-                form.org_id == org_id && form.project_id == project_id && form.form_id == form_id
-            })
-            .max_by_key(|form| form.registered_at_ms)
-            .cloned()
+        self.values_where(|form| {
+            form.org_id == org_id && form.project_id == project_id && form.form_id == form_id
+        })
+        .into_iter()
+        .max_by_key(|form| form.registered_at_ms)
     }
 }
 

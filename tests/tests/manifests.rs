@@ -15,7 +15,7 @@ use fieldforce_runtime::config::Config;
 use serde_yaml_ng::Value;
 
 /// Each consumer Deployment, the consumer group it runs and the catalog topic it reads.
-const CONSUMERS: [(&str, &str, &str); 4] = [
+const CONSUMERS: [(&str, &str, &str); 5] = [
     (
         "fieldforce-validate",
         "fieldforce-validation",
@@ -31,6 +31,11 @@ const CONSUMERS: [(&str, &str, &str); 4] = [
         "fieldforce-sink",
         "fieldforce-sink",
         "submissions.processed",
+    ),
+    (
+        "fieldforce-webhooks",
+        "fieldforce-webhooks",
+        "submissions.stored",
     ),
 ];
 

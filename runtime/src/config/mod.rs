@@ -19,6 +19,7 @@ mod mongodb;
 mod ops;
 mod processors;
 mod sink;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,7 @@ pub use mongodb::MongoConfig;
 pub use ops::OpsConfig;
 pub use processors::ProcessorsConfig;
 pub use sink::{MONGODB_MAX_DOCUMENT_BYTES, SinkConfig};
+pub use webhooks::{AllowedEndpoint, WebhooksConfig};
 
 /// Prefix of every environment variable read as configuration.
 pub const ENV_PREFIX: &str = "FIELDFORCE_";
@@ -58,6 +60,8 @@ pub struct Config {
     pub sink: SinkConfig,
     /// The operations page.
     pub ops: OpsConfig,
+    /// The webhook dispatcher.
+    pub webhooks: WebhooksConfig,
 }
 
 /// Logging settings.
@@ -139,6 +143,7 @@ impl Config {
         self.processors.validate(&mut problems);
         self.sink.validate(&mut problems);
         self.ops.validate(&mut problems);
+        self.webhooks.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

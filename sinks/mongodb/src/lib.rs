@@ -1,6 +1,7 @@
 //! The MongoDB sink: reads processed submissions from Kafka and writes one document per
-//! submission into MongoDB with batched, idempotent bulk writes, moving a partition's offset
-//! only after the store acknowledged every document before it.
+//! submission into MongoDB with batched, idempotent bulk writes, then announces each stored
+//! submission on the stored-submissions topic. A partition's offset moves only after the
+//! store acknowledged every document before it and Kafka acknowledged their events.
 //!
 //! - [`document`]: the stored shape of a submission.
 //! - [`store`]: the collection, its indexes, and the idempotent write of a batch.
@@ -22,7 +23,9 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldforce_kafka::catalog::{SINK_GROUP, SUBMISSIONS_DEADLETTER, SUBMISSIONS_PROCESSED};
+use fieldforce_kafka::catalog::{
+    SINK_GROUP, SUBMISSIONS_DEADLETTER, SUBMISSIONS_PROCESSED, SUBMISSIONS_STORED,
+};
 use fieldforce_kafka::client::{consumer_config, producer_config};
 use fieldforce_kafka::lag::consumer::ConsumerLagSampler;
 use fieldforce_runtime::config::Config;
@@ -90,7 +93,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), SinkError> {
         store,
         metrics,
         config.sink.clone(),
-        config.kafka.topic(SUBMISSIONS_DEADLETTER),
+        sink::OutputTopics {
+            dead_letter: config.kafka.topic(SUBMISSIONS_DEADLETTER),
+            stored: config.kafka.topic(SUBMISSIONS_STORED),
+        },
         shutdown,
     )
     .run()

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub commit_failures: Counter,
     /// Consumer lag per assigned partition.
     pub lag: LagMetrics,
+    /// Stored-submission events Kafka acknowledged.
+    pub events_published: Counter,
 }
 
 impl Metrics {
@@ -55,6 +57,7 @@ impl Metrics {
             rebalances: Counter::default(),
             commit_failures: Counter::default(),
             lag: LagMetrics::register(registry, group_id),
+            events_published: Counter::default(),
         };
         // prometheus-client appends `_total` to counters.
         registry.register(
@@ -101,6 +104,11 @@ impl Metrics {
             "fieldforce_sink_commit_failures",
             "Offset commits that failed",
             metrics.commit_failures.clone(),
+        );
+        registry.register(
+            "fieldforce_sink_events_published",
+            "Stored-submission events Kafka acknowledged",
+            metrics.events_published.clone(),
         );
         metrics
     }

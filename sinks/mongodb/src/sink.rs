@@ -6,16 +6,26 @@
 //! exponential backoff; the consumer keeps polling meanwhile so that the group does not evict
 //! it. No ticket is completed, and so no offset moves, before the store acknowledged the
 //! batch (or Kafka acknowledged the dead-letter).
+//!
+//! After the store acknowledged a batch, the sink produces one [`SubmissionStored`] event per
+//! stored submission to the stored-submissions topic, and a record's ticket completes only
+//! once Kafka acknowledged its event as well. A crash between the write and the event's
+//! acknowledgement replays the record: the store reports it as already stored and the event is
+//! produced again. Events are therefore at least once, and the same submission revision can
+//! be announced twice. The webhook dispatcher derives its delivery ids from the submission id
+//! and revision, so receivers see the same delivery id both times.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use fieldforce_kafka::client::json_record_headers;
 use fieldforce_kafka::dead_letter::{DeadLetterReason, dead_letter_record};
 use fieldforce_kafka::offsets::Ticket;
 use fieldforce_runtime::config::SinkConfig;
 use fieldforce_runtime::shutdown::Shutdown;
-use fieldforce_schemas::codec::decode;
+use fieldforce_schemas::codec::{Contract, decode, encode};
 use fieldforce_schemas::submission::ProcessedSubmission;
+use fieldforce_schemas::webhook::SubmissionStored;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
@@ -32,13 +42,25 @@ use crate::store::{DocumentOutcome, Store};
 /// Stage name written on the sink's dead-letters.
 const STAGE: &str = "sink";
 
-/// How long a dead-letter may wait for Kafka's acknowledgement before it is retried.
+/// How long a dead-letter or an event may wait for Kafka's acknowledgement before it is
+/// retried.
 const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Topics the sink writes besides the store.
+#[derive(Debug, Clone)]
+pub(crate) struct OutputTopics {
+    /// Full name of the dead-letter topic.
+    pub(crate) dead_letter: String,
+    /// Full name of the stored-submissions topic.
+    pub(crate) stored: String,
+}
 
 /// A record read and converted, waiting for its batch to be written.
 struct Pending {
     ticket: Ticket,
     document: StoredDocument,
+    /// The event announced once the document is stored; `stored_at_ms` is set then.
+    event: SubmissionStored,
     /// Kept for a dead-letter if the store rejects the document.
     message: OwnedMessage,
 }
@@ -66,7 +88,7 @@ pub struct SinkLoop {
     pub(crate) store: Store,
     pub(crate) metrics: Metrics,
     pub(crate) config: SinkConfig,
-    pub(crate) dead_letter_topic: String,
+    pub(crate) topics: OutputTopics,
     pub(crate) shutdown: Shutdown,
     batch: Batch,
     paused: bool,
@@ -80,7 +102,7 @@ impl SinkLoop {
         store: Store,
         metrics: Metrics,
         config: SinkConfig,
-        dead_letter_topic: String,
+        topics: OutputTopics,
         shutdown: Shutdown,
     ) -> Self {
         Self {
@@ -89,7 +111,7 @@ impl SinkLoop {
             store,
             metrics,
             config,
-            dead_letter_topic,
+            topics,
             shutdown,
             batch: Batch::default(),
             paused: false,
@@ -185,6 +207,7 @@ impl SinkLoop {
         self.batch.entries.push(Pending {
             ticket,
             document,
+            event: SubmissionStored::from_processed(&processed, 0),
             message,
         });
     }
@@ -268,15 +291,28 @@ impl SinkLoop {
         self.batch = batch;
     }
 
-    /// Dead-letters the rejected documents, then completes every ticket of the batch.
+    /// Dead-letters the rejected documents and announces the stored ones, then completes the
+    /// ticket of every record whose dead-letter or event Kafka acknowledged.
     async fn settle(&mut self, batch: Batch, outcomes: Vec<DocumentOutcome>) {
+        let stored_at_ms = now_ms();
         let mut durable = Vec::with_capacity(batch.entries.len());
+        let mut stored = Vec::with_capacity(batch.entries.len());
         for (entry, outcome) in batch.entries.iter().zip(&outcomes) {
             match outcome {
                 DocumentOutcome::Written => {
                     self.metrics.documents_written.inc();
+                    stored.push(entry);
+                    continue;
                 }
+                // A replay after a crash lands here, and its event may never have been
+                // acknowledged, so it is announced again.
                 DocumentOutcome::AlreadyStored => {
+                    self.metrics.documents_already_stored.inc();
+                    stored.push(entry);
+                    continue;
+                }
+                // The newer revision in the same batch is announced instead.
+                DocumentOutcome::Superseded => {
                     self.metrics.documents_already_stored.inc();
                 }
                 DocumentOutcome::Rejected { code, message } => {
@@ -293,7 +329,77 @@ impl SinkLoop {
             };
             durable.push(&entry.ticket);
         }
+
+        let events: Vec<SubmissionStored> = stored
+            .iter()
+            .map(|entry| SubmissionStored {
+                stored_at_ms,
+                ..entry.event.clone()
+            })
+            .collect();
+        let acknowledged = self.publish_events(&events).await;
+        for (entry, acknowledged) in stored.iter().zip(acknowledged) {
+            if acknowledged {
+                durable.push(&entry.ticket);
+            }
+        }
         complete(self.consumer.as_ref(), durable);
+    }
+
+    /// Produces the events of stored submissions and waits for Kafka's acknowledgements,
+    /// retrying the unacknowledged ones with backoff until all are acknowledged or shutdown
+    /// starts. Returns, per event, whether Kafka acknowledged it.
+    async fn publish_events(&self, events: &[SubmissionStored]) -> Vec<bool> {
+        let mut acknowledged = vec![false; events.len()];
+        let mut backoff = Duration::from_millis(self.config.retry_initial_backoff_ms);
+        let schema = SubmissionStored::schema_header();
+        loop {
+            let sends = events
+                .iter()
+                .zip(&acknowledged)
+                .filter(|(_, done)| !**done)
+                .map(|(event, _)| {
+                    let payload = encode(event);
+                    let record_headers = json_record_headers(&schema);
+                    let producer = &self.producer;
+                    let topic = &self.topics.stored;
+                    async move {
+                        let record = FutureRecord::to(topic)
+                            .key(event.submission_id.as_str())
+                            .payload(&payload)
+                            .headers(record_headers)
+                            .timestamp(event.stored_at_ms);
+                        producer.send(record, DEAD_LETTER_TIMEOUT).await
+                    }
+                });
+            let results = futures::future::join_all(sends).await;
+
+            let pending: Vec<usize> = (0..events.len())
+                .filter(|&index| !acknowledged[index])
+                .collect();
+            let mut failed = 0;
+            for (index, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(_) => {
+                        acknowledged[index] = true;
+                        self.metrics.events_published.inc();
+                    }
+                    Err((error, _)) => {
+                        failed += 1;
+                        tracing::warn!(
+                            %error,
+                            submission_id = events[index].submission_id,
+                            "stored event not acknowledged, retrying"
+                        );
+                    }
+                }
+            }
+            if failed == 0 || self.shutdown.is_triggered() {
+                return acknowledged;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(self.config.retry_max_backoff_ms));
+        }
     }
 
     /// Produces a dead-letter and waits for Kafka's acknowledgement, retrying with backoff
@@ -324,7 +430,7 @@ impl SinkLoop {
         );
         let mut backoff = Duration::from_millis(self.config.retry_initial_backoff_ms);
         loop {
-            let mut future_record = FutureRecord::<Vec<u8>, Vec<u8>>::to(&self.dead_letter_topic)
+            let mut future_record = FutureRecord::<Vec<u8>, Vec<u8>>::to(&self.topics.dead_letter)
                 .headers(record.headers.clone());
             if let Some(key) = &record.key {
                 future_record = future_record.key(key);
@@ -392,4 +498,13 @@ async fn sleep_until_some(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
+}
+
+/// Returns the wall clock in milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
 }

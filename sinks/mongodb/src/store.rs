@@ -36,9 +36,10 @@ const DOCUMENT_REJECTED: [i32; 7] = [2, 14, 52, 121, 10334, 16755, 17280];
 pub enum DocumentOutcome {
     /// The store acknowledged the write.
     Written,
-    /// The store already held this revision or a newer one, or a newer revision of the same
-    /// submission in the same batch was written instead.
+    /// The store already held this revision or a newer one.
     AlreadyStored,
+    /// A newer revision of the same submission in the same batch was written instead.
+    Superseded,
     /// The store rejected the document for its content; it goes to the dead-letter topic.
     Rejected {
         /// Server error code.
@@ -110,7 +111,7 @@ impl Store {
         &self,
         batch: &[StoredDocument],
     ) -> Result<Vec<DocumentOutcome>, StoreError> {
-        let mut outcomes = vec![DocumentOutcome::AlreadyStored; batch.len()];
+        let mut outcomes = vec![DocumentOutcome::Superseded; batch.len()];
 
         // Only the newest revision of each submission is written; the older ones in the same
         // batch are superseded by it. Writing them one after another would race on the upsert.
@@ -226,7 +227,8 @@ impl Store {
 fn classify(code: i32, message: &str) -> Option<DocumentOutcome> {
     // NOTE: a duplicate on the unique form and instanceID index, from a different submission
     // id claiming the same instance, also counts as already stored; the message names the
-    // index, and the sink logs it but keeps no separate record of the conflict.
+    // index, and the sink logs it but keeps no separate record of the conflict. Its stored
+    // event names the claiming submission id, which the store does not hold.
     if code == DUPLICATE_KEY {
         if !message.contains("_id_") {
             tracing::warn!(

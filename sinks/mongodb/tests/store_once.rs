@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use bson::doc;
 use common::*;
-use fieldforce_kafka::catalog::SUBMISSIONS_DEADLETTER;
+use fieldforce_kafka::catalog::{SUBMISSIONS_DEADLETTER, SUBMISSIONS_STORED};
 use fieldforce_kafka::client::base_config;
 use fieldforce_kafka::dead_letter::header_str;
+use fieldforce_schemas::codec::decode;
 use fieldforce_schemas::headers;
+use fieldforce_schemas::webhook::SubmissionStored;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
@@ -71,6 +73,67 @@ async fn stores_newest_revision_once_per_submission() {
             format!("{id}-r{expected}")
         );
     }
+    drop_database(&config).await;
+}
+
+#[tokio::test]
+async fn announces_every_stored_submission() {
+    let config = test_config();
+    create_topics(&config).await;
+    let mut records: Vec<_> = (0..5)
+        .map(|index| submission(&format!("event-{index}"), 0))
+        .collect();
+    records.push(submission("event-0", 1));
+    produce(&config, &records).await;
+
+    let (trigger, shutdown) = fieldforce_runtime::shutdown::channel();
+    let sink = tokio::spawn(fieldforce_sink_mongodb::run(config.clone(), shutdown));
+    let total = records.len() as i64;
+    let caught_up = wait_until(Duration::from_secs(60), || async {
+        committed_and_end(&config).0 == total
+    })
+    .await;
+    trigger.trigger();
+    sink.await.expect("sink task").expect("sink run");
+    assert!(
+        caught_up,
+        "committed offsets {:?}",
+        committed_and_end(&config)
+    );
+
+    // Offsets are committed, so the event of every record was acknowledged before.
+    let consumer: StreamConsumer = base_config(&config.kafka)
+        .set("group.id", format!("{}reader", config.kafka.topic_prefix))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&config.kafka.topic(SUBMISSIONS_STORED)])
+        .expect("subscribe");
+    let mut announced = std::collections::BTreeMap::new();
+    while announced.len() < 5 || announced.get("event-0") != Some(&1) {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("every stored submission is announced")
+            .expect("event record");
+        assert_eq!(
+            header_str(message.headers().expect("headers"), headers::SCHEMA),
+            Some("submission-stored/1")
+        );
+        let event: SubmissionStored = decode(message.payload().expect("value")).expect("event");
+        assert_eq!(message.key(), Some(event.submission_id.as_bytes()));
+        assert!(event.stored_at_ms > 0);
+        assert_eq!(event.quality_score, Some(100));
+        let newest = announced.entry(event.submission_id.clone()).or_insert(0);
+        *newest = event.revision.max(*newest);
+    }
+    let ids: Vec<&String> = announced.keys().collect();
+    assert_eq!(
+        ids,
+        ["event-0", "event-1", "event-2", "event-3", "event-4"]
+            .iter()
+            .collect::<Vec<_>>()
+    );
     drop_database(&config).await;
 }
 
