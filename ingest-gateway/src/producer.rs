@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fieldforce_kafka::trace_context;
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
 use fieldforce_schemas::codec::JSON_CONTENT_TYPE;
@@ -17,6 +18,7 @@ use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tracing::Instrument;
 
 /// How often the metadata probe asks the brokers whether they answer.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -115,7 +117,8 @@ impl GatewayProducer {
         })
     }
 
-    /// Produces one record and waits for its delivery report.
+    /// Produces one record and waits for its delivery report, in a producer span whose
+    /// trace context travels in the record's headers.
     pub async fn send(
         &self,
         topic: &str,
@@ -133,6 +136,17 @@ impl GatewayProducer {
                 key: headers::SCHEMA,
                 value: Some(schema),
             });
+        // DEBUG, so that the log filter drops it and only trace export records it.
+        let span = tracing::debug_span!(
+            "kafka send",
+            otel.name = %format_args!("send {topic}"),
+            otel.kind = "producer",
+            fieldforce.service = "gateway",
+            messaging.system = "kafka",
+            messaging.destination.name = topic,
+        );
+        let record_headers =
+            trace_context::inject(&span, record_headers).unwrap_or_else(|headers| headers);
         let record = FutureRecord::to(topic)
             .key(key)
             .payload(payload)
@@ -150,7 +164,10 @@ impl GatewayProducer {
         // librdkafka fails the record itself at `message.timeout.ms`; the extra second only
         // guards against a report that never comes.
         let deadline = self.delivery_timeout + Duration::from_secs(1);
-        match tokio::time::timeout(deadline, delivery).await {
+        match tokio::time::timeout(deadline, delivery)
+            .instrument(span)
+            .await
+        {
             Ok(Ok(Ok(_))) => {
                 self.health.set(true);
                 Ok(())

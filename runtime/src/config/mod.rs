@@ -18,6 +18,7 @@ mod kafka;
 mod mongodb;
 mod processors;
 mod sink;
+mod telemetry;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,7 @@ pub use kafka::KafkaConfig;
 pub use mongodb::MongoConfig;
 pub use processors::ProcessorsConfig;
 pub use sink::{MONGODB_MAX_DOCUMENT_BYTES, SinkConfig};
+pub use telemetry::{LogFormat, TelemetryConfig};
 
 /// Prefix of every environment variable read as configuration.
 pub const ENV_PREFIX: &str = "FIELDFORCE_";
@@ -46,7 +48,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// MongoDB connection, used by the sink and by the gateway's submission lookups.
     pub mongodb: MongoConfig,
-    /// Logging.
+    /// Logging and trace export.
     pub telemetry: TelemetryConfig,
     /// The ingest gateway.
     pub gateway: GatewayConfig,
@@ -54,36 +56,6 @@ pub struct Config {
     pub processors: ProcessorsConfig,
     /// The MongoDB sink.
     pub sink: SinkConfig,
-}
-
-/// Logging settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TelemetryConfig {
-    /// Log filter in `tracing_subscriber::EnvFilter` syntax. `RUST_LOG` overrides it when set.
-    /// Default `info`.
-    pub log_filter: String,
-    /// Log line format: `text` for people, `json` for log collectors. Default `text`.
-    pub log_format: LogFormat,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            log_filter: "info".to_owned(),
-            log_format: LogFormat::Text,
-        }
-    }
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable lines with fields as `key=value`.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Configuration that could not be loaded or is invalid.
@@ -134,6 +106,7 @@ impl Config {
         self.gateway.validate(&mut problems);
         self.processors.validate(&mut problems);
         self.sink.validate(&mut problems);
+        self.telemetry.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

@@ -6,11 +6,17 @@
 //! exponential backoff; the consumer keeps polling meanwhile so that the group does not evict
 //! it. No ticket is completed, and so no offset moves, before the store acknowledged the
 //! batch (or Kafka acknowledged the dead-letter).
+//!
+//! Each record gets a span (DEBUG, so it costs next to nothing while trace export is off)
+//! whose parent is the trace context in the record's headers, so that a submission's trace
+//! ends in the sink. The span ends once the store acknowledged the record's document or
+//! Kafka acknowledged its dead-letter.
 
 use std::time::Duration;
 
 use fieldforce_kafka::dead_letter::{DeadLetterReason, dead_letter_record};
 use fieldforce_kafka::offsets::Ticket;
+use fieldforce_kafka::trace_context;
 use fieldforce_runtime::config::SinkConfig;
 use fieldforce_runtime::shutdown::Shutdown;
 use fieldforce_schemas::codec::decode;
@@ -21,12 +27,13 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::time::Instant;
+use tracing::Span;
 
 use crate::consumer::{SinkContext, complete};
 use crate::document::{StoredDocument, to_document};
 use crate::error::{REASON_INVALID_DOCUMENT, REASON_REJECTED_BY_STORE, REASON_UNDECODABLE};
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::store::{DocumentOutcome, Store};
+use crate::store::{COLLECTION, DocumentOutcome, Store};
 
 /// Stage name written on the sink's dead-letters.
 const STAGE: &str = "sink";
@@ -40,6 +47,8 @@ struct Pending {
     document: StoredDocument,
     /// Kept for a dead-letter if the store rejects the document.
     message: OwnedMessage,
+    /// The record's span, which ends when the document or its dead-letter is durable.
+    span: Span,
 }
 
 #[derive(Default)]
@@ -149,6 +158,7 @@ impl SinkLoop {
             (message.topic().to_owned(), message.partition()),
             message.offset(),
         );
+        let span = record_span(&message);
 
         let decoded = match message.payload() {
             Some(payload) => decode::<ProcessedSubmission>(payload).map_err(|e| e.to_string()),
@@ -158,6 +168,7 @@ impl SinkLoop {
             Ok(processed) => processed,
             Err(detail) => {
                 if self.dead_letter(&message, REASON_UNDECODABLE, detail).await {
+                    span.record("fieldforce.outcome", "dead_lettered");
                     complete(&self.consumer, [&ticket]);
                 }
                 return;
@@ -168,6 +179,7 @@ impl SinkLoop {
             Err(error) => {
                 let code = error.reason_code();
                 if self.dead_letter(&message, code, error.to_string()).await {
+                    span.record("fieldforce.outcome", "dead_lettered");
                     complete(&self.consumer, [&ticket]);
                 }
                 return;
@@ -183,6 +195,7 @@ impl SinkLoop {
             ticket,
             document,
             message,
+            span,
         });
     }
 
@@ -272,9 +285,11 @@ impl SinkLoop {
             match outcome {
                 DocumentOutcome::Written => {
                     self.metrics.documents_written.inc();
+                    entry.span.record("fieldforce.outcome", "written");
                 }
                 DocumentOutcome::AlreadyStored => {
                     self.metrics.documents_already_stored.inc();
+                    entry.span.record("fieldforce.outcome", "already_stored");
                 }
                 DocumentOutcome::Rejected { code, message } => {
                     let detail = format!("store error {code}: {message}");
@@ -286,6 +301,7 @@ impl SinkLoop {
                     if !self.dead_letter(&entry.message, reason, detail).await {
                         continue;
                     }
+                    entry.span.record("fieldforce.outcome", "dead_lettered");
                 }
             };
             durable.push(&entry.ticket);
@@ -382,6 +398,27 @@ impl SinkLoop {
             Err(error) => tracing::warn!(%error, "resuming partitions failed"),
         }
     }
+}
+
+/// Creates the span of one record, a child of the trace context in its headers. It is a
+/// root (`parent: None`) otherwise, so a record without context starts a new trace.
+fn record_span(message: &OwnedMessage) -> Span {
+    let span = tracing::debug_span!(
+        parent: None,
+        "store record",
+        otel.name = %format_args!("write {COLLECTION}"),
+        otel.kind = "consumer",
+        fieldforce.service = STAGE,
+        fieldforce.outcome = tracing::field::Empty,
+        messaging.system = "kafka",
+        messaging.destination.name = message.topic(),
+        messaging.destination.partition.id = message.partition(),
+        messaging.kafka.offset = message.offset(),
+        db.system.name = "mongodb",
+        db.collection.name = COLLECTION,
+    );
+    trace_context::set_parent(&span, message.headers());
+    span
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {
