@@ -1,10 +1,12 @@
 //! One submission's trace, received end to end. The test runs an OTLP/HTTP receiver on
 //! loopback and points trace export at it. It starts the gateway, the three processors and
 //! the sink in this process against the real local stack and posts one JSON submission. The
-//! spans of every service must arrive in one trace, each the child of the one before.
+//! spans of every service must arrive in one trace, each the child of the one before. A
+//! partner record produced straight to the raw topic, with no trace context, must start a
+//! trace of its own at validation.
 //!
-//! All services share this process and so one `service.name`; the test tells them apart by
-//! the `fieldforce.service` attribute that every service's spans carry (`gateway`,
+//! All services share this process and so one `service.name`, so the test distinguishes them
+//! by the `fieldforce.service` attribute that every service's spans carry (`gateway`,
 //! `validate`, `geo`, `quality`, `sink`).
 //!
 //! Needs the local stack (`make test` provides it); fails when a server is missing.
@@ -20,9 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{PROJECT, Pipeline, read, samples};
-use fieldforce_runtime::config::TelemetryConfig;
+use common::{PROJECT, Pipeline, read, repo_root, samples};
+use fieldforce_kafka::catalog;
+use fieldforce_kafka::client::producer_config;
+use fieldforce_runtime::config::{Config, TelemetryConfig};
 use fieldforce_runtime::telemetry;
+use fieldforce_schemas::submission::RawSubmission;
+use fieldforce_schemas::{codec, headers};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -33,6 +39,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// The services of one submission's path, in the order its spans nest.
 const SERVICES: [&str; 5] = ["gateway", "validate", "geo", "quality", "sink"];
@@ -127,45 +135,84 @@ fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// Waits until the sink's span of a stored document arrived, then returns every span of its
-/// trace received by then.
-async fn trace_of_stored_submission(received: &Received) -> Vec<ReceivedSpan> {
+/// Waits for a trace whose root span belongs to `root_service` and that contains spans of
+/// every one of `services`, the sink's write of a stored document among them, and returns it.
+async fn wait_for_trace(
+    received: &Received,
+    root_service: &str,
+    services: &[&str],
+) -> Vec<ReceivedSpan> {
     // The batch exporter sends every few seconds, and the spans of the earlier services may
-    // come in an export after the sink's, so the wait goes on until all five are in.
+    // come in an export after the sink's, so the wait goes on until all of them are in.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let spans = received.lock().unwrap().clone();
-        let sink = spans.iter().find(|span| {
-            span.service() == Some("sink")
-                && span
-                    .attributes
-                    .get("fieldforce.outcome")
-                    .map(String::as_str)
-                    == Some("written")
-        });
-        if let Some(sink) = sink {
+        let roots = spans
+            .iter()
+            .filter(|span| span.parent_span_id.is_empty() && span.service() == Some(root_service));
+        for root in roots {
             let trace: Vec<ReceivedSpan> = spans
                 .iter()
-                .filter(|span| span.trace_id == sink.trace_id)
+                .filter(|span| span.trace_id == root.trace_id)
                 .cloned()
                 .collect();
-            let complete = SERVICES
+            let stored = trace.iter().any(|span| {
+                span.service() == Some("sink")
+                    && span
+                        .attributes
+                        .get("fieldforce.outcome")
+                        .map(String::as_str)
+                        == Some("written")
+            });
+            let complete = services
                 .iter()
                 .all(|service| trace.iter().any(|span| span.service() == Some(service)));
-            if complete {
+            if stored && complete {
                 return trace;
             }
         }
         assert!(
             Instant::now() < deadline,
-            "no complete trace in 90 s; spans received: {:#?}",
+            "no complete trace rooted in {root_service} in 90 s; spans received: {:#?}",
             spans
                 .iter()
-                .map(|span| (&span.name, span.service(), &span.trace_id))
+                .map(|span| (
+                    &span.name,
+                    span.service(),
+                    &span.trace_id,
+                    &span.parent_span_id
+                ))
                 .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Produces a raw submission straight to the raw topic as a partner system does, without
+/// any trace context.
+async fn produce_partner_record(config: &Config) {
+    let text = std::fs::read(repo_root().join("schemas/examples/raw-submission.json")).unwrap();
+    let mut raw: RawSubmission = serde_json::from_slice(&text).unwrap();
+    raw.submission_id = "uuid:partner-untraced".to_owned();
+    raw.instance_id = Some(raw.submission_id.clone());
+    raw.project_id = PROJECT.to_owned();
+
+    let producer: FutureProducer = producer_config(&config.kafka).create().unwrap();
+    let topic = config.kafka.topic(catalog::SUBMISSIONS_RAW);
+    let value = codec::encode(&raw);
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(&raw.submission_id)
+                .payload(&value)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: headers::CONTENT_TYPE,
+                    value: Some(codec::JSON_CONTENT_TYPE),
+                })),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("the broker takes the partner record");
 }
 
 fn only<'a>(trace: &'a [ReceivedSpan], service: &str, name_prefix: &str) -> &'a ReceivedSpan {
@@ -207,7 +254,7 @@ async fn submission_trace_spans_every_service() {
     assert_eq!(outcome.status, 201, "{}", outcome.body);
     pipeline.wait_for_documents(1).await;
 
-    let trace = trace_of_stored_submission(&received).await;
+    let trace = wait_for_trace(&received, "gateway", &SERVICES).await;
     let request = only(&trace, "gateway", "POST ");
     let send = only(&trace, "gateway", "send ");
     let validate = only(&trace, "validate", "process ");
@@ -242,6 +289,27 @@ async fn submission_trace_spans_every_service() {
             "{span:#?}"
         );
     }
+
+    // A partner record carries no trace context, so its trace starts at validation.
+    produce_partner_record(&pipeline.config).await;
+    pipeline.wait_for_documents(2).await;
+    let partner = wait_for_trace(&received, "validate", &SERVICES[1..]).await;
+    assert_ne!(partner[0].trace_id, request.trace_id);
+    assert!(
+        partner.iter().all(|span| span.service() != Some("gateway")),
+        "{partner:#?}"
+    );
+    let validate = only(&partner, "validate", "process ");
+    let geo = only(&partner, "geo", "process ");
+    let quality = only(&partner, "quality", "process ");
+    let sink = only(&partner, "sink", "write ");
+    assert_eq!(
+        validate.parent_span_id, "",
+        "the partner record starts a trace"
+    );
+    assert_eq!(geo.parent_span_id, validate.span_id);
+    assert_eq!(quality.parent_span_id, geo.span_id);
+    assert_eq!(sink.parent_span_id, quality.span_id);
 
     pipeline.stop().await;
     telemetry.shutdown().await;
