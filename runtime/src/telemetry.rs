@@ -6,7 +6,8 @@
 //! OTLP/HTTP from its own thread. That layer has a filter of its own. It takes the spans of
 //! FieldForce crates from DEBUG up, and events from INFO up, which become events of the span
 //! they happen in. The per-request and per-record spans are DEBUG, so the log filter drops
-//! them and they cost next to nothing while export is off.
+//! them while export is off. `kafka/benches/trace_context.rs` measures what a record's span
+//! costs either way.
 //!
 //! Every span that stands for a service's work carries a `fieldforce.service` attribute
 //! (`gateway`, `validate`, `geo`, `quality`, `sink`), because services that share a process

@@ -10,7 +10,7 @@
 //! is retried with backoff while its partition is paused; in-flight records are capped per
 //! partition and in total, so a slow broker slows intake instead of growing memory.
 //!
-//! Each record gets a span (DEBUG, so it costs next to nothing while trace export is off)
+//! Each record gets a span (DEBUG, so its callsite is disabled while trace export is off)
 //! whose parent is the trace context in the record's headers. The transform runs inside it,
 //! its context goes into the output record's headers, and it ends when Kafka acknowledges
 //! the output or the dead-letter.

@@ -7,7 +7,7 @@
 //! it. No ticket is completed, and so no offset moves, before the store acknowledged the
 //! batch (or Kafka acknowledged the dead-letter).
 //!
-//! Each record gets a span (DEBUG, so it costs next to nothing while trace export is off)
+//! Each record gets a span (DEBUG, so its callsite is disabled while trace export is off)
 //! whose parent is the trace context in the record's headers, so that a submission's trace
 //! ends in the sink. The span ends once the store acknowledged the record's document or
 //! Kafka acknowledged its dead-letter.
