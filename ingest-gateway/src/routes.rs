@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::auth::{Authenticator, Principal};
 use crate::blob::ReceivedFile;
@@ -128,19 +128,7 @@ pub async fn handle(
     let endpoint = route.endpoint(&method);
     let protocol = route.protocol();
     let started = Instant::now();
-    // DEBUG, so that the log filter drops it and only trace export records it. A client's
-    // own trace context is not followed, so clients cannot force sampling.
-    let span = tracing::debug_span!(
-        parent: None,
-        "gateway request",
-        otel.name = %format_args!("{method} {endpoint}"),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        fieldforce.service = "gateway",
-        http.request.method = %method,
-        http.route = endpoint,
-        http.response.status_code = tracing::field::Empty,
-    );
+    let span = request_span(&method, endpoint);
 
     let result = dispatch(&state, route, request)
         .instrument(span.clone())
@@ -171,6 +159,27 @@ pub async fn handle(
         .metrics
         .request(endpoint, &method, status, started.elapsed());
     Ok(response)
+}
+
+/// Creates the span of one request. Probes and scrapes get none, because they would fill the
+/// trace store with a trace every few seconds that says nothing about submissions.
+fn request_span(method: &Method, endpoint: &'static str) -> Span {
+    if matches!(endpoint, "health" | "metrics") {
+        return Span::none();
+    }
+    // DEBUG, so that the log filter drops it and only trace export records it. A client's
+    // own trace context is not followed, so clients cannot force sampling.
+    tracing::debug_span!(
+        parent: None,
+        "gateway request",
+        otel.name = %format_args!("{method} {endpoint}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        fieldforce.service = "gateway",
+        http.request.method = %method,
+        http.route = endpoint,
+        http.response.status_code = tracing::field::Empty,
+    )
 }
 
 async fn dispatch(
