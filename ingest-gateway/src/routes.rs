@@ -162,7 +162,7 @@ pub async fn handle(
 }
 
 /// Creates the span of one request. Probes and scrapes get none, because they would fill the
-/// trace store with a trace every few seconds that says nothing about submissions.
+/// trace store with a trace every few seconds that carries no information about submissions.
 fn request_span(method: &Method, endpoint: &'static str) -> Span {
     if matches!(endpoint, "health" | "metrics") {
         return Span::none();
