@@ -8,10 +8,13 @@ use fieldforce_runtime::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::load_from_env()?;
-    telemetry::init(&config.telemetry);
+    let telemetry = telemetry::init(&config.telemetry, env!("CARGO_BIN_NAME"))?;
     let listener = tokio::net::TcpListener::bind(&config.gateway.listen_addr)
         .await
         .with_context(|| format!("binding {} failed", config.gateway.listen_addr))?;
-    fieldforce_gateway::run(config, listener, shutdown::on_signals()).await?;
+    let result = fieldforce_gateway::run(config, listener, shutdown::on_signals()).await;
+    // Queued spans are exported whether the service stopped cleanly or not.
+    telemetry.shutdown().await;
+    result?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fieldforce_kafka::trace_context;
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
 use fieldforce_schemas::headers;
@@ -16,6 +17,7 @@ use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tracing::Instrument;
 
 /// How often the metadata probe asks the brokers whether they answer.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -114,7 +116,8 @@ impl GatewayProducer {
         })
     }
 
-    /// Produces one record and waits for its delivery report.
+    /// Produces one record and waits for its delivery report, in a producer span whose
+    /// trace context travels in the record's headers.
     pub async fn send(
         &self,
         topic: &str,
@@ -124,12 +127,23 @@ impl GatewayProducer {
         timestamp_ms: i64,
     ) -> Result<(), ProduceError> {
         let record_headers = fieldforce_kafka::client::json_record_headers(schema);
+        // DEBUG, so that the log filter drops it and only trace export records it.
+        let span = tracing::debug_span!(
+            "kafka send",
+            otel.name = %format_args!("send {topic}"),
+            otel.kind = "producer",
+            fieldforce.service = "gateway",
+            messaging.system = "kafka",
+            messaging.destination.name = topic,
+        );
+        let record_headers =
+            trace_context::inject(&span, record_headers).unwrap_or_else(|headers| headers);
         let record = FutureRecord::to(topic)
             .key(key)
             .payload(payload)
             .headers(record_headers)
             .timestamp(timestamp_ms);
-        self.deliver(record).await
+        self.deliver(record, span).await
     }
 
     /// Produces a tombstone (a record without a value) and waits for its delivery report.
@@ -149,11 +163,15 @@ impl GatewayProducer {
             .key(key)
             .headers(record_headers)
             .timestamp(timestamp_ms);
-        self.deliver(record).await
+        self.deliver(record, tracing::Span::none()).await
     }
 
-    /// Queues a record and waits for its delivery report.
-    async fn deliver(&self, record: FutureRecord<'_, str, [u8]>) -> Result<(), ProduceError> {
+    /// Queues a record and waits for its delivery report inside `span`.
+    async fn deliver(
+        &self,
+        record: FutureRecord<'_, str, [u8]>,
+        span: tracing::Span,
+    ) -> Result<(), ProduceError> {
         let delivery = match self.inner.send_result(record) {
             Ok(delivery) => delivery,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -165,7 +183,10 @@ impl GatewayProducer {
         // librdkafka fails the record itself at `message.timeout.ms`; the extra second only
         // guards against a report that never comes.
         let deadline = self.delivery_timeout + Duration::from_secs(1);
-        match tokio::time::timeout(deadline, delivery).await {
+        match tokio::time::timeout(deadline, delivery)
+            .instrument(span)
+            .await
+        {
             Ok(Ok(Ok(_))) => {
                 self.health.set(true);
                 Ok(())

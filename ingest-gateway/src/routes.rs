@@ -3,6 +3,7 @@
 //! health, readiness and metrics.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use fieldforce_runtime::config::{GatewayConfig, KafkaConfig};
@@ -16,6 +17,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tracing::{Instrument, Span};
 
 use crate::auth::{Authenticator, Principal};
 use crate::blob::ReceivedFile;
@@ -135,8 +137,12 @@ pub async fn handle(
     let route = route(&path);
     let endpoint = route.endpoint(&method);
     let protocol = route.protocol();
+    let started = Instant::now();
+    let span = request_span(&method, endpoint);
 
-    let result = dispatch(&state, route, request).await;
+    let result = dispatch(&state, route, request)
+        .instrument(span.clone())
+        .await;
     let response = match result {
         Ok(response) => response,
         Err(error) => {
@@ -154,8 +160,36 @@ pub async fn handle(
             )
         }
     };
-    state.metrics.request(endpoint, response.status().as_u16());
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
+    state
+        .metrics
+        .request(endpoint, &method, status, started.elapsed());
     Ok(response)
+}
+
+/// Creates the span of one request. Probes and scrapes get none, because they would fill the
+/// trace store with a trace every few seconds that carries no information about submissions.
+fn request_span(method: &Method, endpoint: &'static str) -> Span {
+    if matches!(endpoint, "health" | "metrics") {
+        return Span::none();
+    }
+    // DEBUG, so that the log filter drops it and only trace export records it. A client's
+    // own trace context is not followed, so clients cannot force sampling.
+    tracing::debug_span!(
+        parent: None,
+        "gateway request",
+        otel.name = %format_args!("{method} {endpoint}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        fieldforce.service = "gateway",
+        http.request.method = %method,
+        http.route = endpoint,
+        http.response.status_code = tracing::field::Empty,
+    )
 }
 
 async fn dispatch(

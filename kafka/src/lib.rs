@@ -8,6 +8,7 @@
 //! - [`offsets`]: which offset of a partition may be committed, given the records whose
 //!   output is durable.
 //! - [`dead_letter`]: building a dead-letter record that keeps the original bytes.
+//! - [`trace_context`]: the W3C trace context carried in record headers from stage to stage.
 //! - [`lag`]: consumer-group lag in records and seconds, and a status per group; the lag gauges
 //!   every consumer service exports, and their sampling inside the service.
 
@@ -20,3 +21,4 @@ pub mod compacted;
 pub mod dead_letter;
 pub mod lag;
 pub mod offsets;
+pub mod trace_context;

@@ -19,3 +19,5 @@ pub const DEAD_LETTER_PARTITION: &str = "fieldforce-dlq-partition";
 pub const DEAD_LETTER_OFFSET: &str = "fieldforce-dlq-offset";
 /// W3C trace context of the submission, carried from the gateway to the sink.
 pub const TRACEPARENT: &str = "traceparent";
+/// Vendor-specific W3C trace state that travels with [`TRACEPARENT`].
+pub const TRACESTATE: &str = "tracestate";

@@ -33,6 +33,7 @@ use crate::registry::{Registry, caught_up_registry};
 /// Topics and consumer group of the geo processor.
 pub const SPEC: StageSpec = StageSpec {
     stage: "geo",
+    service: "geo",
     group_id: "fieldforce-geo",
     input: SUBMISSIONS_VALIDATED,
     output: SUBMISSIONS_LOCATED,

@@ -9,6 +9,11 @@
 //! earlier record of its partition is acknowledged too ([`OffsetTracker`]). A failed delivery
 //! is retried with backoff while its partition is paused; in-flight records are capped per
 //! partition and in total, so a slow broker slows intake instead of growing memory.
+//!
+//! Each record gets a span (DEBUG, so its callsite is disabled while trace export is off)
+//! whose parent is the trace context in the record's headers. The transform runs inside it,
+//! its context goes into the output record's headers, and it ends when Kafka acknowledges
+//! the output or the dead-letter.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,6 +24,7 @@ use fieldforce_kafka::client::{consumer_config, producer_config};
 use fieldforce_kafka::dead_letter::dead_letter_record;
 use fieldforce_kafka::lag::consumer::ConsumerLagSampler;
 use fieldforce_kafka::offsets::{OffsetTracker, Ticket, TopicPartition};
+use fieldforce_kafka::trace_context;
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
 use fieldforce_schemas::codec::{Contract, JSON_CONTENT_TYPE, decode};
@@ -30,10 +36,11 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tracing::Span;
 
 use crate::ProcessorError;
 use crate::error::Unprocessable;
@@ -65,6 +72,8 @@ pub struct Output {
 pub struct StageSpec {
     /// Stage name used in dead-letter headers, metric labels and logs.
     pub stage: &'static str,
+    /// Service name on the stage's spans, in the `fieldforce.service` attribute.
+    pub service: &'static str,
     /// Consumer group.
     pub group_id: &'static str,
     /// Catalog name of the input topic.
@@ -179,6 +188,8 @@ struct Pending {
     dead_letter: bool,
     /// The input record, kept to dead-letter it if its output is rejected for good.
     original: Arc<OwnedMessage>,
+    /// The record's span, which ends when this record is acknowledged.
+    span: Span,
 }
 
 /// Outcome of one delivery attempt.
@@ -189,7 +200,9 @@ enum Delivery {
     },
     Failed {
         ticket: Ticket,
-        pending: Pending,
+        /// Boxed, because a failure is rare and the record is far larger than an
+        /// acknowledgement.
+        pending: Box<Pending>,
         attempt: u32,
         error: KafkaError,
     },
@@ -217,13 +230,21 @@ async fn deliver(
     }
     let result = producer.send(record, Timeout::After(ENQUEUE_TIMEOUT)).await;
     match result {
-        Ok(_) => Delivery::Acknowledged {
-            ticket,
-            dead_letter: pending.dead_letter,
-        },
+        Ok(_) => {
+            let outcome = if pending.dead_letter {
+                "dead_lettered"
+            } else {
+                "produced"
+            };
+            pending.span.record("fieldforce.outcome", outcome);
+            Delivery::Acknowledged {
+                ticket,
+                dead_letter: pending.dead_letter,
+            }
+        }
         Err((error, _)) => Delivery::Failed {
             ticket,
-            pending,
+            pending: Box::new(pending),
             attempt,
             error,
         },
@@ -305,7 +326,7 @@ pub async fn run<T: Transform>(
                         acknowledge(&consumer, &tracker, &metrics, &mut flow, settings.max_in_flight_per_partition, ticket, dead_letter);
                     }
                     Delivery::Failed { ticket, pending, attempt, error } => {
-                        let (pending, backoff) = plan_retry(spec.stage, &dead_letter_topic, pending, attempt, &error, backoff_initial, backoff_max);
+                        let (pending, backoff) = plan_retry(spec.stage, &dead_letter_topic, *pending, attempt, &error, backoff_initial, backoff_max);
                         metrics.produce_retries.inc();
                         *flow.retrying.entry(ticket.partition.clone()).or_default() += 1;
                         pause(&consumer, &mut flow, &ticket.partition);
@@ -333,14 +354,15 @@ pub async fn run<T: Transform>(
                         .collect()
                 };
 
+                let spans = batch.iter().map(|message| record_span(&spec, message)).collect();
                 let started = Instant::now();
-                let (batch, results) = transform_batch(Arc::clone(&transform), batch).await?;
+                let (batch, spans, results) = transform_batch(Arc::clone(&transform), batch, spans).await?;
                 metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
 
-                for ((message, result), ticket) in batch.into_iter().zip(results).zip(tickets) {
+                for (((message, span), result), ticket) in batch.into_iter().zip(spans).zip(results).zip(tickets) {
                     let message = Arc::new(message);
                     let pending = match result {
-                        Ok(output_record) => output_pending(&output, output_record, &message),
+                        Ok(output_record) => output_pending(&output, output_record, &message, span),
                         Err(reason) => {
                             tracing::warn!(
                                 stage = spec.stage,
@@ -351,7 +373,7 @@ pub async fn run<T: Transform>(
                                 detail = %reason.detail,
                                 "record dead-lettered"
                             );
-                            dead_letter_pending(&dead_letter_topic, spec.stage, &reason, message)
+                            dead_letter_pending(&dead_letter_topic, spec.stage, &reason, message, span)
                         }
                     };
                     let count = flow.in_flight.entry(ticket.partition.clone()).or_default();
@@ -429,27 +451,59 @@ async fn fill_batch(
     batch
 }
 
-type BatchResult = (Vec<OwnedMessage>, Vec<Result<Output, Unprocessable>>);
+/// Creates the span of one record, a child of the trace context in its headers. It is a
+/// root (`parent: None`) otherwise, so a partner record without context starts a new trace.
+fn record_span(spec: &StageSpec, message: &OwnedMessage) -> Span {
+    let span = tracing::debug_span!(
+        parent: None,
+        "process record",
+        otel.name = %format_args!("process {}", message.topic()),
+        otel.kind = "consumer",
+        fieldforce.service = spec.service,
+        fieldforce.stage = spec.stage,
+        fieldforce.outcome = tracing::field::Empty,
+        messaging.system = "kafka",
+        messaging.destination.name = message.topic(),
+        messaging.destination.partition.id = message.partition(),
+        messaging.kafka.offset = message.offset(),
+    );
+    trace_context::set_parent(&span, message.headers());
+    span
+}
+
+type BatchResult = (
+    Vec<OwnedMessage>,
+    Vec<Span>,
+    Vec<Result<Output, Unprocessable>>,
+);
 
 /// Transforms a batch on the rayon pool, because parsing and geometry work can take well over
-/// a millisecond per batch and must not run on an async worker.
+/// a millisecond per batch and must not run on an async worker. Each record is transformed
+/// inside its span, so that its log events belong to its trace.
 async fn transform_batch<T: Transform>(
     transform: Arc<T>,
     batch: Vec<OwnedMessage>,
+    spans: Vec<Span>,
 ) -> Result<BatchResult, ProcessorError> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     rayon::spawn(move || {
         let results: Vec<_> = batch
             .par_iter()
-            .map(|message| transform.transform(message))
+            .zip(spans.par_iter())
+            .map(|(message, span)| span.in_scope(|| transform.transform(message)))
             .collect();
-        let _ = sender.send((batch, results));
+        let _ = sender.send((batch, spans, results));
     });
     receiver.await.map_err(|_| ProcessorError::TaskPanicked)
 }
 
-fn output_pending(topic: &Arc<str>, output: Output, original: &Arc<OwnedMessage>) -> Pending {
-    let mut headers = OwnedHeaders::new()
+fn output_pending(
+    topic: &Arc<str>,
+    output: Output,
+    original: &Arc<OwnedMessage>,
+    span: Span,
+) -> Pending {
+    let headers = OwnedHeaders::new()
         .insert(Header {
             key: headers::CONTENT_TYPE,
             value: Some(JSON_CONTENT_TYPE),
@@ -458,16 +512,7 @@ fn output_pending(topic: &Arc<str>, output: Output, original: &Arc<OwnedMessage>
             key: headers::SCHEMA,
             value: Some(output.schema.as_str()),
         });
-    if let Some(traceparent) = original.headers().and_then(|found| {
-        found
-            .iter()
-            .find(|header| header.key == headers::TRACEPARENT)
-    }) {
-        headers = headers.insert(Header {
-            key: headers::TRACEPARENT,
-            value: traceparent.value,
-        });
-    }
+    let headers = trace_context::propagate(&span, original.headers(), headers);
     Pending {
         topic: Arc::clone(topic),
         key: Some(output.key.into_bytes()),
@@ -477,6 +522,7 @@ fn output_pending(topic: &Arc<str>, output: Output, original: &Arc<OwnedMessage>
         timestamp_ms: original.timestamp().to_millis(),
         dead_letter: false,
         original: Arc::clone(original),
+        span,
     }
 }
 
@@ -485,6 +531,7 @@ fn dead_letter_pending(
     stage: &'static str,
     reason: &Unprocessable,
     original: Arc<OwnedMessage>,
+    span: Span,
 ) -> Pending {
     let record = dead_letter_record(original.as_ref(), &reason.reason(stage));
     Pending {
@@ -495,6 +542,7 @@ fn dead_letter_pending(
         timestamp_ms: original.timestamp().to_millis(),
         dead_letter: true,
         original,
+        span,
     }
 }
 
@@ -517,7 +565,7 @@ fn plan_retry(
         };
         let original = Arc::clone(&pending.original);
         return (
-            dead_letter_pending(dead_letter_topic, stage, &reason, original),
+            dead_letter_pending(dead_letter_topic, stage, &reason, original, pending.span),
             Duration::ZERO,
         );
     }

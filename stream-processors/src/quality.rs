@@ -33,6 +33,7 @@ use crate::registry::{Registry, caught_up_registry};
 /// Topics and consumer group of the quality processor.
 pub const SPEC: StageSpec = StageSpec {
     stage: "quality",
+    service: "quality",
     group_id: "fieldforce-quality",
     input: SUBMISSIONS_LOCATED,
     output: SUBMISSIONS_PROCESSED,

@@ -31,6 +31,7 @@ use crate::registry::{Registry, caught_up_registry};
 /// Topics and consumer group of the validation processor.
 pub const SPEC: StageSpec = StageSpec {
     stage: "validation",
+    service: "validate",
     group_id: "fieldforce-validation",
     input: SUBMISSIONS_RAW,
     output: SUBMISSIONS_VALIDATED,

@@ -1,5 +1,6 @@
 //! The Kubernetes manifests under `k8s/` parse, and agree with the topic catalog and with the
-//! services' configuration keys. Needs no running server.
+//! services' configuration keys; the alert rules and the dashboard under `k8s/monitoring/`
+//! parse and name only metrics that the services declare. Needs no running server.
 
 #![allow(clippy::unwrap_used, reason = "a test reports a failure by panicking")]
 #![allow(
@@ -7,11 +8,13 @@
     reason = "figment::Jail fixes the closure's error type to figment::Error"
 )]
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use fieldforce_kafka::catalog::Catalog;
 use fieldforce_runtime::config::Config;
+use prometheus_client::registry::Registry;
 use serde_yaml_ng::Value;
 
 /// Each consumer Deployment, the consumer group it runs and the catalog topic it reads.
@@ -39,8 +42,12 @@ const CONSUMERS: [(&str, &str, &str); 5] = [
     ),
 ];
 
+fn k8s_folder() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../k8s")
+}
+
 fn manifests() -> Vec<(String, Value)> {
-    let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../k8s");
+    let folder = k8s_folder();
     let mut documents = Vec::new();
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&folder)
         .expect("k8s/ exists")
@@ -254,5 +261,254 @@ fn ops_checks_every_service() {
                 .any(|candidate| candidate["port"].as_u64() == Some(port)),
             "{host} serves port {port}"
         );
+    }
+}
+fn read_yaml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|error| panic!("{} is unreadable: {error}", path.display()));
+    serde_yaml_ng::from_str(&text)
+        .unwrap_or_else(|error| panic!("{} does not parse: {error}", path.display()))
+}
+
+fn alert_rules() -> Vec<Value> {
+    let document = read_yaml(&k8s_folder().join("monitoring/alerts.yaml"));
+    assert_eq!(document["kind"].as_str(), Some("PrometheusRule"));
+    document["spec"]["groups"]
+        .as_sequence()
+        .expect("the rule file has groups")
+        .iter()
+        .flat_map(|group| {
+            group["rules"]
+                .as_sequence()
+                .expect("every group has rules")
+                .clone()
+        })
+        .collect()
+}
+
+/// Reads the dashboard the way kustomize does: the JSON file that the configMapGenerator of
+/// `k8s/monitoring/kustomization.yaml` puts into the labelled ConfigMap.
+fn dashboard() -> serde_json::Value {
+    let folder = k8s_folder().join("monitoring");
+    let kustomization = read_yaml(&folder.join("kustomization.yaml"));
+    let generator = kustomization["configMapGenerator"]
+        .as_sequence()
+        .expect("a configMapGenerator")
+        .iter()
+        .find(|generator| generator["name"].as_str() == Some("fieldforce-dashboard"))
+        .expect("a generator for the dashboard ConfigMap");
+    assert_eq!(
+        generator["options"]["labels"]["grafana_dashboard"].as_str(),
+        Some("1"),
+        "Grafana's sidecar loads only ConfigMaps with this label"
+    );
+    let entry = generator["files"][0].as_str().unwrap();
+    let (key, file) = entry.split_once('=').unwrap_or((entry, entry));
+    assert!(key.ends_with(".json"), "{key}");
+    let text = std::fs::read_to_string(folder.join(file)).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{file} is not JSON: {error}"))
+}
+
+fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<String> {
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"]
+        .as_array()
+        .expect("the dashboard has panels")
+    {
+        let title = panel["title"].as_str().unwrap_or_default();
+        let targets = panel["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{title}: no targets"));
+        assert!(!targets.is_empty(), "{title}: no targets");
+        for target in targets {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{title}: no expr"));
+            queries.push(expr.to_owned());
+        }
+    }
+    queries
+}
+
+/// Returns the gateway's exposition with one series in every labelled family, because a
+/// family without series is left out of the encoding.
+fn gateway_exposition() -> String {
+    let metrics = fieldforce_gateway::metrics::Metrics::new();
+    metrics.request("json", &http::Method::POST, 201, Duration::from_millis(5));
+    metrics.accepted("json");
+    metrics.rejected("bad_request");
+    metrics.render()
+}
+
+/// Returns every series name the services expose. Each service's metrics are registered into
+/// a fresh registry and encoded, and counters and histograms get their sample suffixes.
+fn declared_series() -> BTreeSet<String> {
+    let mut exposition = gateway_exposition();
+
+    let mut registry = Registry::default();
+    let processor = fieldforce_processors::metrics::Metrics::register(
+        &mut registry,
+        "validation",
+        "fieldforce-validation",
+    );
+    // The lag gauges have series only for assigned partitions.
+    processor.lag.assign("submissions.raw", 0);
+    prometheus_client::encoding::text::encode(&mut exposition, &registry).unwrap();
+
+    let mut registry = Registry::default();
+    let sink = fieldforce_sink_mongodb::metrics::Metrics::new(&mut registry, "fieldforce-sink");
+    sink.dead_lettered
+        .get_or_create(&fieldforce_sink_mongodb::metrics::ReasonLabel {
+            reason: "undecodable",
+        })
+        .inc();
+    prometheus_client::encoding::text::encode(&mut exposition, &registry).unwrap();
+
+    let mut series = BTreeSet::new();
+    for line in exposition.lines() {
+        let Some(declaration) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = declaration.split_once(' ').unwrap();
+        match kind {
+            "counter" => {
+                series.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for suffix in ["_bucket", "_count", "_sum"] {
+                    series.insert(format!("{name}{suffix}"));
+                }
+            }
+            _ => {
+                series.insert(name.to_owned());
+            }
+        }
+    }
+    series
+}
+
+/// Returns the FieldForce metric names a PromQL expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("fieldforce_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|character: char| !(character.is_ascii_alphanumeric() || character == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn alert_rules_parse() {
+    let rules = alert_rules();
+    let names: BTreeSet<&str> = rules
+        .iter()
+        .filter_map(|rule| rule["alert"].as_str())
+        .collect();
+    for expected in [
+        "FieldForceConsumerLagGrowing",
+        "FieldForceConsumerGroupStalled",
+        "FieldForceDeadLetterRateHigh",
+        "FieldForceGatewayLatencyHigh",
+        "FieldForceGateway5xxRateHigh",
+    ] {
+        assert!(
+            names.contains(expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    for rule in &rules {
+        let name = rule["alert"].as_str().expect("every rule is an alert");
+        assert!(rule["expr"].is_string(), "{name}: expr missing");
+        assert!(
+            rule["labels"]["severity"].is_string(),
+            "{name}: severity missing"
+        );
+        assert!(
+            rule["annotations"]["summary"].is_string(),
+            "{name}: summary missing"
+        );
+    }
+}
+
+#[test]
+fn latency_alert_uses_bucket_bound() {
+    let rules = alert_rules();
+    let latency = rules
+        .iter()
+        .find(|rule| rule["alert"].as_str() == Some("FieldForceGatewayLatencyHigh"))
+        .unwrap();
+    let expr = latency["expr"].as_str().unwrap();
+    assert!(expr.contains("histogram_quantile(0.95"), "{expr}");
+    assert!(expr.trim_end().ends_with("> 0.2"), "{expr}");
+    let exposition = gateway_exposition();
+    assert!(
+        exposition.contains(
+            "fieldforce_gateway_request_duration_seconds_bucket{le=\"0.2\",route=\"json\",method=\"POST\",status_class=\"2xx\"}"
+        ),
+        "0.2 s is a bucket bound of the request duration histogram: {exposition}"
+    );
+}
+
+#[test]
+fn dashboard_parses() {
+    let dashboard = dashboard();
+    assert!(dashboard["title"].is_string());
+    assert!(dashboard["uid"].is_string());
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|panel| panel["title"].as_str())
+        .collect();
+    for expected in [
+        "Consumer lag (records)",
+        "Consumer lag (seconds)",
+        "Throughput",
+        "Dead-letters",
+        "Gateway latency",
+        "Gateway 5xx rate",
+        "Sink write duration",
+    ] {
+        assert!(
+            titles.contains(&expected),
+            "{expected} missing from {titles:?}"
+        );
+    }
+}
+
+#[test]
+fn monitoring_reads_declared_metrics() {
+    let declared = declared_series();
+    let mut expressions: Vec<(String, String)> = alert_rules()
+        .iter()
+        .map(|rule| {
+            (
+                rule["alert"].as_str().unwrap().to_owned(),
+                rule["expr"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    expressions.extend(
+        dashboard_queries(&dashboard())
+            .into_iter()
+            .map(|expr| ("dashboard".to_owned(), expr)),
+    );
+    for (source, expr) in &expressions {
+        let names = metric_names(expr);
+        assert!(
+            !names.is_empty(),
+            "{source}: reads no FieldForce metric: {expr}"
+        );
+        for name in names {
+            assert!(
+                declared.contains(&name),
+                "{source}: {name} is not declared by any service; declared: {declared:#?}"
+            );
+        }
     }
 }

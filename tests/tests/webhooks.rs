@@ -208,7 +208,9 @@ impl Stack {
         config.webhooks.retry_backoff_multiplier = 2;
         config.webhooks.retry_max_backoff_ms = 4_000;
         config.validate().unwrap();
-        fieldforce_runtime::telemetry::init(&config.telemetry);
+        // Export is off in these tests, so there is nothing to flush at the end.
+        let _telemetry = fieldforce_runtime::telemetry::init(&config.telemetry, "webhook-tests")
+            .expect("telemetry without export starts");
         fieldforce_kafka::admin::apply(&config.kafka, &Catalog::embedded(), true)
             .await
             .expect("Kafka answers on 127.0.0.1:9092; run `make up` if it does not");

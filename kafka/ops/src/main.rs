@@ -8,10 +8,12 @@ use fieldforce_runtime::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::load_from_env()?;
-    telemetry::init(&config.telemetry);
+    let telemetry = telemetry::init(&config.telemetry, env!("CARGO_BIN_NAME"))?;
     let listener = tokio::net::TcpListener::bind(&config.ops.listen_addr)
         .await
         .with_context(|| format!("binding ops.listen_addr {} failed", config.ops.listen_addr))?;
-    fieldforce_ops::run(config, listener, shutdown::on_signals()).await?;
+    let result = fieldforce_ops::run(config, listener, shutdown::on_signals()).await;
+    telemetry.shutdown().await;
+    result?;
     Ok(())
 }

@@ -19,6 +19,7 @@ mod mongodb;
 mod ops;
 mod processors;
 mod sink;
+mod telemetry;
 mod webhooks;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ pub use mongodb::MongoConfig;
 pub use ops::OpsConfig;
 pub use processors::ProcessorsConfig;
 pub use sink::{MONGODB_MAX_DOCUMENT_BYTES, SinkConfig};
+pub use telemetry::{LogFormat, TelemetryConfig};
 pub use webhooks::{AllowedEndpoint, WebhooksConfig};
 
 /// Prefix of every environment variable read as configuration.
@@ -50,7 +52,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// MongoDB connection, used by the sink and by the gateway's submission lookups.
     pub mongodb: MongoConfig,
-    /// Logging.
+    /// Logging and trace export.
     pub telemetry: TelemetryConfig,
     /// The ingest gateway.
     pub gateway: GatewayConfig,
@@ -62,36 +64,6 @@ pub struct Config {
     pub ops: OpsConfig,
     /// The webhook dispatcher.
     pub webhooks: WebhooksConfig,
-}
-
-/// Logging settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TelemetryConfig {
-    /// Log filter in `tracing_subscriber::EnvFilter` syntax. `RUST_LOG` overrides it when set.
-    /// Default `info`.
-    pub log_filter: String,
-    /// Log line format: `text` for people, `json` for log collectors. Default `text`.
-    pub log_format: LogFormat,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            log_filter: "info".to_owned(),
-            log_format: LogFormat::Text,
-        }
-    }
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable lines with fields as `key=value`.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Configuration that could not be loaded or is invalid.
@@ -144,6 +116,7 @@ impl Config {
         self.sink.validate(&mut problems);
         self.ops.validate(&mut problems);
         self.webhooks.validate(&mut problems);
+        self.telemetry.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

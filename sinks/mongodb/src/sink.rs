@@ -14,6 +14,11 @@
 //! produced again. Events are therefore at least once, and the same submission revision can
 //! be announced twice. The webhook dispatcher derives its delivery ids from the submission id
 //! and revision, so receivers see the same delivery id both times.
+//!
+//! Each record gets a span (DEBUG, so its callsite is disabled while trace export is off)
+//! whose parent is the trace context in the record's headers, so that a submission's trace
+//! ends in the sink. The span ends once the store acknowledged the record's document or
+//! Kafka acknowledged its dead-letter.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +26,7 @@ use std::time::Duration;
 use fieldforce_kafka::client::json_record_headers;
 use fieldforce_kafka::dead_letter::{DeadLetterReason, dead_letter_record};
 use fieldforce_kafka::offsets::Ticket;
+use fieldforce_kafka::trace_context;
 use fieldforce_runtime::config::SinkConfig;
 use fieldforce_runtime::shutdown::Shutdown;
 use fieldforce_schemas::codec::{Contract, decode, encode};
@@ -32,12 +38,13 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::time::Instant;
+use tracing::Span;
 
 use crate::consumer::{SinkContext, complete};
 use crate::document::{StoredDocument, to_document};
 use crate::error::{REASON_INVALID_DOCUMENT, REASON_REJECTED_BY_STORE, REASON_UNDECODABLE};
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::store::{DocumentOutcome, Store};
+use crate::store::{COLLECTION, DocumentOutcome, Store};
 
 /// Stage name written on the sink's dead-letters.
 const STAGE: &str = "sink";
@@ -63,6 +70,8 @@ struct Pending {
     event: SubmissionStored,
     /// Kept for a dead-letter if the store rejects the document.
     message: OwnedMessage,
+    /// The record's span, which ends when the document or its dead-letter is durable.
+    span: Span,
 }
 
 #[derive(Default)]
@@ -174,6 +183,7 @@ impl SinkLoop {
             message.offset(),
             message.timestamp().to_millis(),
         );
+        let span = record_span(&message);
 
         let decoded = match message.payload() {
             Some(payload) => decode::<ProcessedSubmission>(payload).map_err(|e| e.to_string()),
@@ -183,6 +193,7 @@ impl SinkLoop {
             Ok(processed) => processed,
             Err(detail) => {
                 if self.dead_letter(&message, REASON_UNDECODABLE, detail).await {
+                    span.record("fieldforce.outcome", "dead_lettered");
                     complete(self.consumer.as_ref(), [&ticket]);
                 }
                 return;
@@ -193,6 +204,7 @@ impl SinkLoop {
             Err(error) => {
                 let code = error.reason_code();
                 if self.dead_letter(&message, code, error.to_string()).await {
+                    span.record("fieldforce.outcome", "dead_lettered");
                     complete(self.consumer.as_ref(), [&ticket]);
                 }
                 return;
@@ -209,6 +221,7 @@ impl SinkLoop {
             document,
             event: SubmissionStored::from_processed(&processed, 0),
             message,
+            span,
         });
     }
 
@@ -301,6 +314,7 @@ impl SinkLoop {
             match outcome {
                 DocumentOutcome::Written => {
                     self.metrics.documents_written.inc();
+                    entry.span.record("fieldforce.outcome", "written");
                     stored.push(entry);
                     continue;
                 }
@@ -308,12 +322,14 @@ impl SinkLoop {
                 // acknowledged, so it is announced again.
                 DocumentOutcome::AlreadyStored => {
                     self.metrics.documents_already_stored.inc();
+                    entry.span.record("fieldforce.outcome", "already_stored");
                     stored.push(entry);
                     continue;
                 }
                 // The newer revision in the same batch is announced instead.
                 DocumentOutcome::Superseded => {
                     self.metrics.documents_already_stored.inc();
+                    entry.span.record("fieldforce.outcome", "superseded");
                 }
                 DocumentOutcome::Rejected { code, message } => {
                     let detail = format!("store error {code}: {message}");
@@ -325,6 +341,7 @@ impl SinkLoop {
                     if !self.dead_letter(&entry.message, reason, detail).await {
                         continue;
                     }
+                    entry.span.record("fieldforce.outcome", "dead_lettered");
                 }
             };
             durable.push(&entry.ticket);
@@ -491,6 +508,27 @@ impl SinkLoop {
             Err(error) => tracing::warn!(%error, "resuming partitions failed"),
         }
     }
+}
+
+/// Creates the span of one record, a child of the trace context in its headers. It is a
+/// root (`parent: None`) otherwise, so a record without context starts a new trace.
+fn record_span(message: &OwnedMessage) -> Span {
+    let span = tracing::debug_span!(
+        parent: None,
+        "store record",
+        otel.name = %format_args!("write {COLLECTION}"),
+        otel.kind = "consumer",
+        fieldforce.service = STAGE,
+        fieldforce.outcome = tracing::field::Empty,
+        messaging.system = "kafka",
+        messaging.destination.name = message.topic(),
+        messaging.destination.partition.id = message.partition(),
+        messaging.kafka.offset = message.offset(),
+        db.system.name = "mongodb",
+        db.collection.name = COLLECTION,
+    );
+    trace_context::set_parent(&span, message.headers());
+    span
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

@@ -1,5 +1,5 @@
-//! The validate processor binary: loads the configuration, starts logging and runs until
-//! SIGINT or SIGTERM.
+//! The validate processor binary: loads the configuration, starts logging and trace
+//! export, and runs until SIGINT or SIGTERM.
 
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::{shutdown, telemetry};
@@ -7,7 +7,10 @@ use fieldforce_runtime::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::load_from_env()?;
-    telemetry::init(&config.telemetry);
-    fieldforce_processors::validate::run(config, shutdown::on_signals()).await?;
+    let telemetry = telemetry::init(&config.telemetry, env!("CARGO_BIN_NAME"))?;
+    let result = fieldforce_processors::validate::run(config, shutdown::on_signals()).await;
+    // Queued spans are exported whether the service stopped cleanly or not.
+    telemetry.shutdown().await;
+    result?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The webhook dispatcher binary: loads the configuration, starts logging and runs until
+//! The webhook dispatcher binary: loads the configuration, starts logging and trace export, and runs until
 //! SIGINT or SIGTERM.
 
 use fieldforce_runtime::config::Config;
@@ -7,7 +7,10 @@ use fieldforce_runtime::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::load_from_env()?;
-    telemetry::init(&config.telemetry);
-    fieldforce_processors::webhooks::run(config, shutdown::on_signals()).await?;
+    let telemetry = telemetry::init(&config.telemetry, env!("CARGO_BIN_NAME"))?;
+    let result = fieldforce_processors::webhooks::run(config, shutdown::on_signals()).await;
+    // Queued spans are exported whether the service stopped cleanly or not.
+    telemetry.shutdown().await;
+    result?;
     Ok(())
 }

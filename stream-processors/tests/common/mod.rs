@@ -30,7 +30,9 @@ pub async fn fresh_config() -> Config {
     config.processors.group_id_prefix = config.kafka.topic_prefix.clone();
     config.processors.catch_up_timeout_ms = 15_000;
     config.telemetry.log_filter = "warn".to_owned();
-    fieldforce_runtime::telemetry::init(&config.telemetry);
+    // Export is off in these tests, so there is nothing to flush at the end.
+    let _telemetry = fieldforce_runtime::telemetry::init(&config.telemetry, "processor-tests")
+        .expect("telemetry without export starts");
     config.processors.batch_linger_ms = 2;
     fieldforce_kafka::admin::apply(&config.kafka, &Catalog::embedded(), true)
         .await
