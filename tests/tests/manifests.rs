@@ -364,6 +364,15 @@ fn declared_series() -> BTreeSet<String> {
         .inc();
     prometheus_client::encoding::text::encode(&mut exposition, &registry).unwrap();
 
+    let mut registry = Registry::default();
+    let ops = fieldforce_ops::metrics::Metrics::new(&mut registry);
+    let label = fieldforce_ops::metrics::GroupStatusLabel {
+        group: "fieldforce-sink".to_owned(),
+        status: "OK",
+    };
+    ops.group_status.get_or_create(&label).set(1);
+    prometheus_client::encoding::text::encode(&mut exposition, &registry).unwrap();
+
     let mut series = BTreeSet::new();
     for line in exposition.lines() {
         let Some(declaration) = line.strip_prefix("# TYPE ") else {

@@ -377,6 +377,21 @@ async fn sink_backlog_shows_lagging_then_drains() {
     )
     .await;
     assert_eq!(page["partitions"].as_array().unwrap().len(), partitions);
+    let (status, ops_metrics) = http_get(&format!("{ops}/metrics")).await.unwrap();
+    assert_eq!(status, 200);
+    // The broker's view keeps the stopped group visible although no sink exports its lag.
+    assert!(
+        ops_metrics.contains(&format!(
+            "fieldforce_ops_group_status{{group=\"{group}\",status=\"STOPPED\"}} 1"
+        )),
+        "{ops_metrics}"
+    );
+    assert!(
+        ops_metrics.contains(&format!(
+            "fieldforce_ops_group_lag_records{{group=\"{group}\"}} {BACKLOG}"
+        )),
+        "{ops_metrics}"
+    );
     let dom = rendered_dom(format!("{ops}/")).await;
     assert_eq!(dom_status(&dom, &group).as_deref(), Some("STOPPED"));
     let dom_lags = dom_partition_lags(&dom, &group);

@@ -158,5 +158,6 @@ async fn sample_until_shutdown(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(sample);
+        metrics.set_groups(&state.overview().groups);
     }
 }
