@@ -1,10 +1,11 @@
 //! Routing and the endpoint handlers: OpenRosa submission, JSON submission and batch, form
-//! registration, project settings, health, readiness and metrics.
+//! registration, project settings, daily stats, health, readiness and metrics.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use fieldforce_runtime::config::GatewayConfig;
+use fieldforce_schemas::analytics::DailyDocument;
 use fieldforce_schemas::codec::{self, Contract};
 use fieldforce_schemas::form::FormDefinition;
 use fieldforce_schemas::project::{PROJECT_SETTINGS_VERSION, ProjectSettings};
@@ -25,6 +26,7 @@ use crate::json_submission::parse_json_submission;
 use crate::metrics::Metrics;
 use crate::producer::GatewayProducer;
 use crate::response::{self, Body, Protocol};
+use crate::stats;
 use crate::xform::parse_xform;
 
 /// Name of the multipart part that holds the instance XML, fixed by the OpenRosa protocol.
@@ -46,6 +48,8 @@ pub struct AppState {
     pub forms_topic: String,
     /// Full name of the project settings topic.
     pub settings_topic: String,
+    /// The daily figures the analytics aggregator writes, read by the stats endpoint.
+    pub analytics: mongodb::Collection<DailyDocument>,
 }
 
 /// A request matched to its endpoint.
@@ -58,6 +62,7 @@ enum Route<'a> {
     JsonBatch(Option<&'a str>),
     Forms(&'a str),
     Settings(&'a str),
+    Stats(&'a str),
     Health,
     Ready,
     Metrics,
@@ -73,6 +78,7 @@ impl Route<'_> {
             Self::JsonBatch(_) => "json_batch",
             Self::Forms(_) => "forms",
             Self::Settings(_) => "settings",
+            Self::Stats(_) => "stats",
             Self::Health | Self::Ready => "health",
             Self::Metrics => "metrics",
             Self::Unknown => "unknown",
@@ -108,6 +114,7 @@ fn route(path: &str) -> Route<'_> {
         ["v1", "projects", project, "submissions", "batch"] => Route::JsonBatch(Some(project)),
         ["v1", "projects", project, "forms"] => Route::Forms(project),
         ["v1", "projects", project, "settings"] => Route::Settings(project),
+        ["v1", "projects", project, "stats"] => Route::Stats(project),
         ["healthz"] => Route::Health,
         ["readyz"] => Route::Ready,
         ["metrics"] => Route::Metrics,
@@ -180,6 +187,13 @@ async fn dispatch(
         (Route::Settings(project), Method::PUT) => {
             let (principal, project) = authorize(state, &request, Some(project), None)?;
             put_settings(state, principal, project, request).await
+        }
+        (Route::Stats(project), Method::GET) => {
+            let (principal, project) = authorize(state, &request, Some(project), None)?;
+            let range = stats::parse_range(request.uri().query())?;
+            let body =
+                stats::project_stats(&state.analytics, &principal.org_id, &project, range).await?;
+            Ok(response::json(StatusCode::OK, &body))
         }
         (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "ok\n", "text/plain")),
         (Route::Ready, Method::GET) => Ok(if state.producer.is_ready() {
@@ -630,6 +644,10 @@ mod tests {
         assert!(matches!(
             route("/v1/projects/census/submissions/batch"),
             Route::JsonBatch(Some("census"))
+        ));
+        assert!(matches!(
+            route("/v1/projects/census/stats"),
+            Route::Stats("census")
         ));
         assert!(matches!(route("/v1/other"), Route::Unknown));
     }

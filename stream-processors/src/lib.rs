@@ -7,6 +7,8 @@
 //!   GeoJSON and testing the primary point against the project's geofences ([`geofence`]).
 //! - [`quality`]: `submissions.located` to `submissions.processed`, scoring the submission and
 //!   setting its processing status.
+//! - [`analytics`]: `submissions.processed` to the daily figures in MongoDB, exact under
+//!   restarts and edits.
 //!
 //! They share [`pipeline`] (consume, transform batches on rayon, produce, store offsets after
 //! delivery, dead-letter what cannot be processed), [`registry`] (forms and project settings
@@ -16,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod analytics;
 pub mod error;
 pub mod fields;
 pub mod geo;

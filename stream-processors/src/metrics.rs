@@ -1,6 +1,7 @@
 //! Every metric of the stream processors, declared once. Names follow
 //! `fieldforce_processor_<name>_<unit>[_total]`; the only label is `stage` (`validation`,
-//! `geo`, `quality`), a fixed list.
+//! `geo`, `quality`, `analytics`), a fixed list. The analytics aggregator adds its own
+//! counters, named `fieldforce_analytics_<name>_total` and without labels.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,7 +13,7 @@ use prometheus_client::registry::Registry;
 /// The label set of every processor metric.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
-    /// Processing stage: `validation`, `geo` or `quality`.
+    /// Processing stage: `validation`, `geo`, `quality` or `analytics`.
     pub stage: &'static str,
 }
 
@@ -113,5 +114,59 @@ impl Metrics {
             commit_failures,
             in_flight: in_flight_family.get_or_create(&label).clone(),
         }
+    }
+}
+
+/// Counters of the analytics aggregator, next to the stage metrics it shares with the other
+/// processors.
+#[derive(Debug, Clone, Default)]
+pub struct AnalyticsMetrics {
+    /// Records skipped because they are not a processed submission this build reads.
+    pub records_skipped: Counter,
+    /// Contributions inserted or replaced.
+    pub contributions_written: Counter,
+    /// Daily documents recomputed and replaced.
+    pub daily_written: Counter,
+    /// Batches applied again after a store failure.
+    pub batch_retries: Counter,
+    /// Contribution writes and recomputations repeated because another writer changed the
+    /// same document first.
+    pub races: Counter,
+}
+
+impl AnalyticsMetrics {
+    /// Registers every analytics counter under `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        for (name, help, counter) in [
+            (
+                "fieldforce_analytics_records_skipped",
+                "Records skipped because they could not be decoded",
+                &metrics.records_skipped,
+            ),
+            (
+                "fieldforce_analytics_contributions_written",
+                "Contributions inserted or replaced",
+                &metrics.contributions_written,
+            ),
+            (
+                "fieldforce_analytics_daily_documents_written",
+                "Daily documents recomputed and replaced",
+                &metrics.daily_written,
+            ),
+            (
+                "fieldforce_analytics_batch_retries",
+                "Batches applied again after a store failure",
+                &metrics.batch_retries,
+            ),
+            (
+                "fieldforce_analytics_races",
+                "Writes repeated because another writer changed the same document first",
+                &metrics.races,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        metrics
     }
 }

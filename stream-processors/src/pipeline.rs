@@ -87,10 +87,24 @@ pub fn decode_value<T: Contract>(message: &OwnedMessage) -> Result<T, Unprocessa
 }
 
 /// Consumer context that keeps the offset tracker in step with the group's assignment.
-struct RebalanceContext {
+pub(crate) struct RebalanceContext {
     tracker: Arc<Mutex<OffsetTracker>>,
     metrics: Metrics,
     stage: &'static str,
+}
+
+impl RebalanceContext {
+    pub(crate) fn new(
+        tracker: Arc<Mutex<OffsetTracker>>,
+        metrics: Metrics,
+        stage: &'static str,
+    ) -> Self {
+        Self {
+            tracker,
+            metrics,
+            stage,
+        }
+    }
 }
 
 impl ClientContext for RebalanceContext {}
@@ -153,7 +167,7 @@ impl ConsumerContext for RebalanceContext {
     }
 }
 
-type GroupConsumer = StreamConsumer<RebalanceContext>;
+pub(crate) type GroupConsumer = StreamConsumer<RebalanceContext>;
 
 /// A record ready to produce: the processed output or a dead-letter record.
 #[derive(Debug, Clone)]
@@ -373,7 +387,7 @@ pub async fn run<T: Transform>(
 }
 
 /// Collects records that are already fetched, up to `batch_max`, waiting at most `linger`.
-async fn fill_batch(
+pub(crate) async fn fill_batch(
     consumer: &GroupConsumer,
     first: OwnedMessage,
     batch_max: usize,

@@ -15,7 +15,7 @@ use fieldforce_runtime::config::Config;
 use serde_yaml_ng::Value;
 
 /// Each consumer Deployment, the consumer group it runs and the catalog topic it reads.
-const CONSUMERS: [(&str, &str, &str); 4] = [
+const CONSUMERS: [(&str, &str, &str); 5] = [
     (
         "fieldforce-validate",
         "fieldforce-validation",
@@ -30,6 +30,11 @@ const CONSUMERS: [(&str, &str, &str); 4] = [
     (
         "fieldforce-sink",
         "fieldforce-sink",
+        "submissions.processed",
+    ),
+    (
+        "fieldforce-analytics",
+        "fieldforce-analytics",
         "submissions.processed",
     ),
 ];
@@ -179,6 +184,7 @@ fn grace_period_outlasts_drain_deadline() {
         let drain_ms = match name {
             "fieldforce-gateway" => config.gateway.shutdown_timeout_ms,
             "fieldforce-sink" => config.sink.shutdown_drain_timeout_ms,
+            "fieldforce-analytics" => config.analytics.shutdown_drain_timeout_ms,
             _ => config.processors.shutdown_drain_timeout_ms,
         };
         let grace_s = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

@@ -13,6 +13,7 @@
 //! can serve a whole deployment. [`Config::validate`] checks the values without any IO and
 //! reports every problem at once; connectivity is checked when the service starts.
 
+mod analytics;
 mod gateway;
 mod kafka;
 mod mongodb;
@@ -25,6 +26,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use analytics::AnalyticsConfig;
 pub use gateway::{GatewayConfig, GatewayToken};
 pub use kafka::KafkaConfig;
 pub use mongodb::MongoConfig;
@@ -54,6 +56,8 @@ pub struct Config {
     pub processors: ProcessorsConfig,
     /// The MongoDB sink.
     pub sink: SinkConfig,
+    /// The analytics aggregator.
+    pub analytics: AnalyticsConfig,
 }
 
 /// Logging settings.
@@ -134,6 +138,7 @@ impl Config {
         self.gateway.validate(&mut problems);
         self.processors.validate(&mut problems);
         self.sink.validate(&mut problems);
+        self.analytics.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
