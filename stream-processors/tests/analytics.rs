@@ -141,12 +141,12 @@ fn facts(index: usize, revision: u32) -> Facts {
         revision,
         day: 1 + (seed % 3) as u32,
         // Every fourth submission has no user name and counts under its device.
-        submitter: (seed % 4 != 0).then(|| format!("enumerator-{}", seed % 6)),
+        submitter: (!seed.is_multiple_of(4)).then(|| format!("enumerator-{}", seed % 6)),
         device: format!("phone-{}", seed % 5),
         score: (40 + seed % 61) as u8,
         flags: flags.to_vec(),
         outside: seed % 5 == 2,
-        duration_s: (seed % 9 != 0).then_some(60 + (seed % 1_500) as i64),
+        duration_s: (!seed.is_multiple_of(9)).then_some(60 + (seed % 1_500) as i64),
     }
 }
 

@@ -215,12 +215,11 @@ impl Store {
             remaining = lost;
         }
 
-        let recomputed: Vec<Result<(u64, u64), StoreError>> =
-            futures::stream::iter(affected.into_iter())
-                .map(|(day, enumerators)| async move { self.recompute(&day, &enumerators).await })
-                .buffer_unordered(self.concurrency)
-                .collect()
-                .await;
+        let recomputed: Vec<Result<(u64, u64), StoreError>> = futures::stream::iter(affected)
+            .map(|(day, enumerators)| async move { self.recompute(&day, &enumerators).await })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
         for result in recomputed {
             let (written, races) = result?;
             applied.daily_written += written;
