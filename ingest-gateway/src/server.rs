@@ -134,7 +134,7 @@ pub async fn run(
 
 /// Builds the MongoDB client of the submission index and the stats endpoint. The client
 /// connects lazily, so a database that is down at start only costs the index its memory-only
-/// fallback and the stats endpoint its answers (503) until it is back.
+/// fallback and the stats endpoint its responses (503) until it is back.
 async fn mongo_client(config: &Config) -> Result<mongodb::Client, StartError> {
     let mut options = mongodb::options::ClientOptions::parse(&config.mongodb.uri).await?;
     let timeout = Duration::from_millis(config.gateway.index_timeout_ms);

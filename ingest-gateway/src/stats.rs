@@ -13,10 +13,10 @@ use serde_json::{Map, Value, json};
 
 use crate::error::GatewayError;
 
-/// Longest range one request may ask for, in days, both ends counted.
+/// Maximum range of one request, in days, both ends counted.
 pub const MAX_RANGE_DAYS: i64 = 366;
 
-/// Most documents one answer may hold; a larger range must be split.
+/// Maximum documents in one response. A range with more must be split.
 const MAX_ROWS: i64 = 50_000;
 
 /// How long reading the figures may take before the request fails with 503.
@@ -71,7 +71,7 @@ fn parse_day(name: &str, value: Option<&str>) -> Result<NaiveDate, GatewayError>
     })
 }
 
-/// Reads the figures of a project over a range and builds the answer body. Days and
+/// Reads the figures of a project over a range and builds the response body. Days and
 /// enumerators without a submission are left out.
 pub async fn project_stats(
     collection: &Collection<DailyDocument>,
@@ -105,7 +105,7 @@ pub async fn project_stats(
     };
     if documents.len() as i64 > MAX_ROWS {
         return Err(GatewayError::BadRequest(format!(
-            "the range {from} to {to} holds more than {MAX_ROWS} rows: ask for a shorter range"
+            "the range {from} to {to} contains more than {MAX_ROWS} rows: ask for a shorter range"
         )));
     }
     documents.sort_by(|a, b| (&a.day, &a.enumerator).cmp(&(&b.day, &b.enumerator)));

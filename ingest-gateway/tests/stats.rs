@@ -1,5 +1,5 @@
 //! The stats endpoint against the local stack: a range returns the project's daily rows and
-//! its enumerator rows from `analytics_daily`, and bad ranges get a 400 that says why.
+//! its enumerator rows from `analytics_daily`, and a bad range gets a 400 with the reason.
 
 mod support;
 

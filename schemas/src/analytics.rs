@@ -4,7 +4,7 @@
 //! shape is defined here once.
 //!
 //! The day of a submission is the calendar date of its interview start in the device's own
-//! UTC offset, because that is the day the enumerator did the work; the receive time only
+//! UTC offset, because that is the day the enumerator did the work. The receive time only
 //! shows when the device found a connection, which can be days later for offline field work.
 //! A submission without a readable start, or whose start is after the gateway received it
 //! (a device clock running ahead), falls back to the UTC date of its receive time.
@@ -19,7 +19,7 @@ pub const DAILY_COLLECTION: &str = "analytics_daily";
 /// Collection of the per-submission contributions the daily figures are computed from.
 pub const CONTRIBUTIONS_COLLECTION: &str = "analytics_contributions";
 
-/// Which figures a daily document holds.
+/// Coverage of a daily document's figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -29,7 +29,7 @@ pub enum Scope {
     Enumerator,
 }
 
-/// Where the enumerator id of a submission comes from.
+/// Origin of the enumerator id of a submission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EnumeratorSource {
@@ -55,7 +55,7 @@ impl EnumeratorSource {
 /// An enumerator: the submitter's user name, falling back to the device id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Enumerator {
-    /// Where the id comes from. A user and a device with the same name stay apart.
+    /// Origin of the id. A user and a device with the same name stay apart.
     pub source: EnumeratorSource,
     /// User name or device id; empty when the source is `unknown`.
     pub id: String,
@@ -108,7 +108,7 @@ pub struct DailyDocument {
     #[serde(flatten)]
     pub figures: DailyFigures,
     /// Recomputation counter: raised before every recomputation, and a recomputation writes
-    /// only while the counter still holds the value it read.
+    /// only while the counter still contains the value it read.
     pub version: i64,
 }
 

@@ -359,7 +359,7 @@ fn content_flags(
 }
 
 /// Returns the interview's start and end as the device recorded them, each with the device's
-/// own UTC offset, or `None` where the answer is missing or not a dateTime.
+/// own UTC offset, or `None` where the field is missing or not a dateTime.
 pub fn interview_times(
     fields: &Map<String, Value>,
 ) -> (Option<DateTime<FixedOffset>>, Option<DateTime<FixedOffset>>) {

@@ -1,5 +1,5 @@
-//! The analytics aggregator against the local stack: an edit moves its submission's
-//! contribution and a late older revision changes nothing; and after `kill -9` three times
+//! The analytics aggregator against the local stack. An edit moves its submission's
+//! contribution and a late older revision changes nothing. After `kill -9` three times
 //! mid-stream, the stored daily figures equal the figures computed here from the input.
 
 mod common;

@@ -21,7 +21,7 @@ pub struct AnalyticsConfig {
     /// First pause before retrying a batch after a store failure, in milliseconds. Each retry
     /// doubles it up to `retry_max_backoff_ms`. Default 200.
     pub retry_initial_backoff_ms: u64,
-    /// Longest pause between two retries of a batch, in milliseconds. Default 10000.
+    /// Maximum pause between two retries of a batch, in milliseconds. Default 10000.
     pub retry_max_backoff_ms: u64,
     /// How long shutdown may spend finishing the open batch before it commits what is done
     /// and exits, in milliseconds. Records left over are read again by the next consumer.

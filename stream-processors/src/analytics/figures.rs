@@ -1,5 +1,5 @@
-//! What one submission contributes to the daily figures, and the figures computed from a set
-//! of contributions. Pure functions, no IO.
+//! The contribution of one submission to the daily figures, and the figures of a set of
+//! contributions. Pure functions without IO.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::quality::interview_times;
 
-/// Where a contribution is counted: a project, a day and an enumerator. Its organisation is
-/// the contribution's own, which an edit never changes.
+/// The project, day and enumerator a contribution counts under. The organisation is not part
+/// of it because it is part of the contribution's id, so no revision can change it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Slot {
     /// Project.
@@ -35,7 +35,7 @@ pub struct Contribution {
     pub submission_id: String,
     /// Revision this contribution was computed from.
     pub revision: i64,
-    /// Where it is counted.
+    /// Project, day and enumerator it counts under.
     #[serde(flatten)]
     pub slot: Slot,
     /// Quality score, when the quality processor scored the submission.
@@ -97,8 +97,8 @@ pub fn contribution(processed: &ProcessedSubmission) -> Contribution {
 }
 
 /// Returns the day a submission counts on: the date of the interview start in the device's
-/// own offset, or the UTC date of the receive time when there is no start or the start is
-/// after the receive time (a device clock running ahead).
+/// own offset. Without a start, or with a start after the receive time (a device clock
+/// running ahead), it is the UTC date of the receive time.
 pub fn day_of(start: Option<DateTime<FixedOffset>>, received_at_ms: i64) -> NaiveDate {
     match start {
         Some(start) if start.timestamp_millis() <= received_at_ms => start.date_naive(),
@@ -339,6 +339,7 @@ mod tests {
             }),
             problems: Vec::new(),
         });
+
         let contribution = contribution(&submission);
         assert_eq!(contribution.id, "org/s1");
         assert_eq!(contribution.revision, 2);

@@ -6,9 +6,9 @@
 //! Each batch stores one contribution per submission ([`figures::Contribution`], latest
 //! revision wins), then recomputes every daily document the batch touched from all the stored
 //! contributions of its day, and only then stores the Kafka offsets. Replaying any suffix of
-//! the topic after a crash therefore converges to the same documents: a replayed record finds
-//! its contribution already stored and only triggers the same recomputation again, and an
-//! edit replaces its submission's contribution, so it moves the submission to its new day or
+//! the topic after a crash therefore converges to the same documents. A replayed record finds
+//! its contribution already stored and only triggers the same recomputation again. An edit
+//! replaces its submission's contribution, so it moves the submission to its new day or
 //! enumerator instead of adding it twice. The alternative, Kafka transactions with a
 //! changelog topic, makes the offsets and the changelog atomic, but not the write to MongoDB,
 //! which would still need this idempotence to survive a crash between the two.
@@ -106,8 +106,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProcessorErro
 
         let started = Instant::now();
         let contributions = contributions(batch, &counters).await?;
-        // Cancelling the apply at the drain deadline is safe: whatever it wrote is written
-        // again, to the same result, by whoever reads these records next.
+        // Cancelling the apply at the drain deadline is safe, because the next consumer of
+        // these records writes the same documents again.
         let applied = tokio::select! {
             applied = apply_with_retry(&store, contributions, settings, &counters) => applied,
             _ = drain_deadline(shutdown.clone(), settings.shutdown_drain_timeout_ms) => {
@@ -202,8 +202,8 @@ async fn contributions(
 /// Applies a batch, retrying with capped exponential backoff until the store accepts it.
 ///
 /// NOTE: the consumer is not polled while a batch is retried. A store outage longer than
-/// librdkafka's `max.poll.interval.ms` (300 s by default) makes this member leave the group;
-/// it rejoins once the batch is applied, and the records it held are replayed, harmlessly.
+/// librdkafka's `max.poll.interval.ms` (300 s by default) makes this member leave the group.
+/// It rejoins once the batch is applied, and the records it held are replayed harmlessly.
 async fn apply_with_retry(
     store: &Store,
     contributions: Vec<Contribution>,

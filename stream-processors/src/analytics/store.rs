@@ -1,9 +1,9 @@
 //! The two analytics collections and the idempotent application of a batch.
 //!
 //! [`Store::apply`] first writes each submission's contribution under the revision rule
-//! ([`decide`]), recording in the contribution the slots an earlier revision was counted in,
-//! then recomputes the daily documents of every slot it touched, old and new, from all the
-//! contributions of that project and day. Every step can be repeated: a contribution write is
+//! ([`decide`]). A contribution that replaces an earlier revision records the slots that
+//! revision was counted in. Then it recomputes the daily documents of every slot it touched,
+//! old and new, from all the contributions of that project and day. Every step can be repeated: a contribution write is
 //! a compare-and-swap on the revision read, and a recomputation replaces a document with
 //! figures derived from the stored contributions alone.
 //!
@@ -420,8 +420,8 @@ impl Store {
                 return Ok((written, races));
             }
 
-            // Another recomputation raised these counters after this one did; its figures win
-            // unless a newer one follows, so this one retries with the current counters.
+            // Another recomputation raised these counters after this one did. Retrying with the
+            // current counters keeps this batch from depending on that one finishing.
             races += lost.len() as u64;
             versions = Vec::with_capacity(lost.len());
             for enumerator in lost {
