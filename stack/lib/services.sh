@@ -6,7 +6,7 @@ DEMO_CONFIG=${FIELDFORCE_CONFIG:-$STACK_SRC_DIR/demo/fieldforce.toml}
 
 # Started from the sink back to the gateway, so that each stage has a consumer before
 # records reach it.
-SERVICES=(fieldforce-sink fieldforce-quality fieldforce-geo fieldforce-validate fieldforce-gateway)
+SERVICES=(fieldforce-sink fieldforce-analytics fieldforce-quality fieldforce-geo fieldforce-validate fieldforce-gateway)
 
 service_log() {
     printf '%s\n' "$STACK_LOG_DIR/$1.log"
