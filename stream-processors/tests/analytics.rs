@@ -383,19 +383,12 @@ fn spawn_aggregator(config: &Config) -> Aggregator {
     Aggregator(child)
 }
 
-const SUBMISSIONS: usize = 3_000;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kill_nine_three_times_keeps_figures_exact() {
-    let config = test_config("crash").await;
-    let producer = common::producer(&config);
-    let topic = config.kafka.topic(SUBMISSIONS_PROCESSED);
-
-    // Originals, then edits: every 7th submission gets revision 1 (a new day, enumerator
-    // and score), every 21st also revision 2, and every 11th edited one gets its original
-    // again, late.
-    let mut stream: Vec<Facts> = (0..SUBMISSIONS).map(|index| facts(index, 0)).collect();
-    for index in (0..SUBMISSIONS).step_by(7) {
+/// Builds a stream of `count` originals followed by edits: every 7th submission gets
+/// revision 1 (a new day, enumerator and score), every 21st also revision 2, and every 77th
+/// gets its original again, late. Returns the stream and the expected daily figures.
+fn edited_stream(count: usize) -> (Vec<Facts>, BTreeMap<String, DailyFigures>) {
+    let mut stream: Vec<Facts> = (0..count).map(|index| facts(index, 0)).collect();
+    for index in (0..count).step_by(7) {
         stream.push(facts(index, 1));
         if index % 3 == 0 {
             stream.push(facts(index, 2));
@@ -404,6 +397,7 @@ async fn kill_nine_three_times_keeps_figures_exact() {
             stream.push(facts(index, 0));
         }
     }
+
     let mut latest: HashMap<String, Facts> = HashMap::new();
     for facts in &stream {
         let newer = latest
@@ -415,9 +409,14 @@ async fn kill_nine_three_times_keeps_figures_exact() {
     }
     let latest: Vec<Facts> = latest.into_values().collect();
     let expected = expected_figures(&latest);
+    (stream, expected)
+}
 
-    // Sent in order, a chunk at a time, so each submission's revisions keep their order on
-    // its partition.
+/// Produces the stream in order, a chunk at a time, so each submission's revisions keep their
+/// order on its partition.
+async fn produce(config: &Config, stream: &[Facts]) {
+    let producer = common::producer(config);
+    let topic = config.kafka.topic(SUBMISSIONS_PROCESSED);
     for chunk in stream.chunks(500) {
         let sends = chunk.iter().map(|facts| {
             let producer = producer.clone();
@@ -429,8 +428,98 @@ async fn kill_nine_three_times_keeps_figures_exact() {
         });
         join_all(sends).await;
     }
+}
 
-    let (daily, contributions) = collections(&config).await;
+/// Polls the lag of the aggregator's group under `group_id_prefix` until it is zero, for at
+/// most 240 s.
+async fn wait_for_zero_lag(config: &Config, group_id_prefix: &str) {
+    let group = format!("{group_id_prefix}{GROUP_ID}");
+    let topic = config.kafka.topic(SUBMISSIONS_PROCESSED);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    let mut lag = i64::MAX;
+    while lag > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let kafka = config.kafka.clone();
+        let (group, topic) = (group.clone(), topic.clone());
+        lag = tokio::task::spawn_blocking(move || {
+            fieldforce_kafka::lag::sample(&kafka, &group, &[topic])
+                .map_or(i64::MAX, |sample| sample.lag_records())
+        })
+        .await
+        .expect("lag sampling did not panic");
+    }
+    assert_eq!(lag, 0, "the lag of {group} did not reach zero within 240 s");
+}
+
+/// Compares every stored daily document with the expected figures.
+async fn assert_stored_figures(config: &Config, expected: &BTreeMap<String, DailyFigures>) {
+    let (daily, contributions) = collections(config).await;
+    let stored: Vec<DailyDocument> = daily
+        .find(doc! {})
+        .await
+        .expect("daily documents readable")
+        .try_collect()
+        .await
+        .expect("daily documents decode");
+    let mut found: BTreeMap<String, DailyFigures> = BTreeMap::new();
+    for document in stored {
+        if document.figures.submissions == 0 {
+            assert!(
+                !expected.contains_key(&document.id),
+                "{} is empty but should count submissions",
+                document.id
+            );
+            continue;
+        }
+        found.insert(document.id, document.figures);
+    }
+
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|id| !found.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "daily documents missing: {missing:?}; stored with submissions: {:?}",
+        found.keys().collect::<Vec<_>>()
+    );
+    let unexpected: Vec<&String> = found
+        .keys()
+        .filter(|id| !expected.contains_key(*id))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "daily documents not expected: {unexpected:?}"
+    );
+    for (id, figures) in expected {
+        assert_eq!(found.get(id), Some(figures), "{id}");
+    }
+
+    let pending = contributions
+        .count_documents(doc! { "pending.0": { "$exists": true } })
+        .await
+        .expect("contributions readable");
+    assert_eq!(pending, 0, "pending slots left after the lag reached zero");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_nine_three_times_keeps_figures_exact() {
+    const SUBMISSIONS: usize = 3_000;
+    let config = test_config("crash").await;
+    let (stream, expected) = edited_stream(SUBMISSIONS);
+    let total: i64 = expected
+        .iter()
+        .filter(|(id, _)| id.ends_with("/project"))
+        .map(|(_, figures)| figures.submissions)
+        .sum();
+    assert_eq!(
+        total, SUBMISSIONS as i64,
+        "the expectation counts each submission once"
+    );
+    produce(&config, &stream).await;
+
+    let (_, contributions) = collections(&config).await;
+    let started = std::time::Instant::now();
     let mut aggregator = spawn_aggregator(&config);
     for kill in 1..=3u64 {
         let threshold = SUBMISSIONS as u64 * kill / 4;
@@ -452,73 +541,48 @@ async fn kill_nine_three_times_keeps_figures_exact() {
         aggregator = spawn_aggregator(&config);
     }
 
-    let group = format!("{}{GROUP_ID}", config.processors.group_id_prefix);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    let mut lag = i64::MAX;
-    while lag > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let kafka = config.kafka.clone();
-        let (group, topic) = (group.clone(), topic.clone());
-        lag = tokio::task::spawn_blocking(move || {
-            fieldforce_kafka::lag::sample(&kafka, &group, &[topic])
-                .map_or(i64::MAX, |sample| sample.lag_records())
-        })
-        .await
-        .expect("lag sampling did not panic");
-    }
-    assert_eq!(lag, 0, "the group's lag did not reach zero within 240 s");
+    wait_for_zero_lag(&config, &config.processors.group_id_prefix).await;
     drop(aggregator);
-
-    let stored: Vec<DailyDocument> = daily
-        .find(doc! {})
-        .await
-        .expect("daily documents readable")
-        .try_collect()
-        .await
-        .expect("daily documents decode");
-    let mut found: BTreeMap<String, DailyFigures> = BTreeMap::new();
-    for document in stored {
-        if document.figures.submissions == 0 {
-            assert!(
-                !expected.contains_key(&document.id),
-                "{} is empty but should count submissions",
-                document.id
-            );
-            continue;
-        }
-        found.insert(document.id, document.figures);
-    }
-    let missing: Vec<&String> = expected
-        .keys()
-        .filter(|id| !found.contains_key(*id))
-        .collect();
-    assert!(missing.is_empty(), "daily documents missing: {missing:?}");
-    let unexpected: Vec<&String> = found
-        .keys()
-        .filter(|id| !expected.contains_key(*id))
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "daily documents not expected: {unexpected:?}"
-    );
-    for (id, figures) in &expected {
-        assert_eq!(found.get(id), Some(figures), "{id}");
-    }
-    let total: i64 = expected
-        .iter()
-        .filter(|(id, _)| id.ends_with("/project"))
-        .map(|(_, figures)| figures.submissions)
-        .sum();
-    assert_eq!(total, SUBMISSIONS as i64, "every submission counted once");
-    let pending = contributions
-        .count_documents(doc! { "pending.0": { "$exists": true } })
-        .await
-        .expect("contributions readable");
-    assert_eq!(pending, 0, "pending slots left after the lag reached zero");
     eprintln!(
-        "analytics crash test: {} records, {} daily documents compared",
+        "analytics crash test: {} records, {} daily documents, lag zero after {:.1} s",
         stream.len(),
-        expected.len()
+        expected.len(),
+        started.elapsed().as_secs_f64()
     );
+    assert_stored_figures(&config, &expected).await;
+    drop_database(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_converge() {
+    // Two aggregators in separate consumer groups both read every record and write the same
+    // documents at once, a harder race than two members of one group sharing partitions.
+    let config = test_config("race").await;
+    let (stream, expected) = edited_stream(1_500);
+    produce(&config, &stream).await;
+
+    let mut runs = Vec::new();
+    let mut prefixes = Vec::new();
+    for writer in ["a", "b"] {
+        let mut own = config.clone();
+        own.processors.group_id_prefix = format!("{}{writer}-", config.processors.group_id_prefix);
+        own.analytics.batch_max_records = 100;
+        prefixes.push(own.processors.group_id_prefix.clone());
+        let (trigger, shutdown) = shutdown::channel();
+        runs.push((trigger, tokio::spawn(analytics::run(own, shutdown))));
+    }
+    for prefix in &prefixes {
+        wait_for_zero_lag(&config, prefix).await;
+    }
+    for (trigger, running) in runs {
+        trigger.trigger();
+        tokio::time::timeout(Duration::from_secs(30), running)
+            .await
+            .expect("the aggregator stops within 30 s")
+            .expect("the aggregator task did not panic")
+            .expect("the aggregator stops cleanly");
+    }
+
+    assert_stored_figures(&config, &expected).await;
     drop_database(&config).await;
 }

@@ -23,7 +23,7 @@ use fieldforce_schemas::analytics::{
 };
 use futures::StreamExt;
 use futures::TryStreamExt;
-use mongodb::error::{Error as MongoError, ErrorKind};
+use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::options::{
     Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReturnDocument, WriteConcern,
 };
@@ -211,6 +211,12 @@ impl Store {
             let lost = self
                 .write_contributions(remaining, &mut affected, &mut to_clear, &mut applied)
                 .await?;
+            if !lost.is_empty() {
+                tracing::debug!(
+                    contributions = lost.len(),
+                    "contribution writes lost a race, deciding again"
+                );
+            }
             applied.races += lost.len() as u64;
             remaining = lost;
         }
@@ -423,6 +429,7 @@ impl Store {
             // Another recomputation raised these counters after this one did. Retrying with the
             // current counters keeps this batch from depending on that one finishing.
             races += lost.len() as u64;
+            tracing::debug!(org_id = %day.org_id, project_id = %day.project_id, day = %day.day, documents = lost.len(), "recomputation lost a race, retrying");
             versions = Vec::with_capacity(lost.len());
             for enumerator in lost {
                 let id = daily_id(&day.org_id, &day.project_id, &day.day, enumerator);
@@ -449,19 +456,35 @@ impl Store {
             bson::to_document(&empty).map_err(|error| StoreError::Invalid(error.to_string()))?;
         on_insert.remove("_id");
         on_insert.remove("version");
-        let raised = self
-            .daily
-            .find_one_and_update(
-                doc! { "_id": &empty.id },
-                doc! { "$inc": { "version": 1_i64 }, "$setOnInsert": on_insert },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Invalid(format!("upsert of {} returned nothing", empty.id))
-            })?;
-        Ok(raised.version)
+
+        for _ in 0..MAX_RACE_ATTEMPTS {
+            let reply = self
+                .daily
+                .find_one_and_update(
+                    doc! { "_id": &empty.id },
+                    doc! { "$inc": { "version": 1_i64 }, "$setOnInsert": on_insert.clone() },
+                )
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await;
+            match reply {
+                Ok(Some(raised)) => return Ok(raised.version),
+                Ok(None) => {
+                    return Err(StoreError::Invalid(format!(
+                        "upsert of {} returned nothing",
+                        empty.id
+                    )));
+                }
+                // Two writers upserting a new document at once: one inserts, the other gets a
+                // duplicate key (FerretDB 1.24 does not retry such an upsert on the server),
+                // and its next attempt finds the document and raises the counter.
+                Err(error) if is_duplicate_key(&error) => {
+                    tracing::debug!(id = %empty.id, "counter upsert lost a race, retrying");
+                }
+                Err(error) => return Err(StoreError::Unavailable(error)),
+            }
+        }
+        Err(StoreError::Contended)
     }
 }
 
@@ -489,6 +512,14 @@ fn daily_document(
         enumerator: enumerator.cloned(),
         figures: figures(counted),
         version,
+    }
+}
+
+fn is_duplicate_key(error: &MongoError) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Command(command) => command.code == DUPLICATE_KEY,
+        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == DUPLICATE_KEY,
+        _ => false,
     }
 }
 
