@@ -365,6 +365,11 @@ impl Store {
 
     /// Recomputes the project document of a day and the documents of the given enumerators
     /// from all contributions of that day. Returns the documents written and the races lost.
+    ///
+    /// NOTE: every batch that touches a day reads all of that day's contributions, so the cost
+    /// of a batch grows with the size of the days it touches. A project with tens of thousands
+    /// of submissions a day needs larger batches (`analytics.batch_max_records`) to keep up.
+    /// No load beyond a few thousand submissions a day has been measured.
     async fn recompute(
         &self,
         day: &ProjectDay,
@@ -475,9 +480,9 @@ impl Store {
                         empty.id
                     )));
                 }
-                // Two writers upserting a new document at once: one inserts, the other gets a
-                // duplicate key (FerretDB 1.24 does not retry such an upsert on the server),
-                // and its next attempt finds the document and raises the counter.
+                // Two writers upserting a new document at once can both miss it, so the second
+                // insert fails with a duplicate key (seen with FerretDB 1.24). Its next attempt
+                // finds the document and raises the counter.
                 Err(error) if is_duplicate_key(&error) => {
                     tracing::debug!(id = %empty.id, "counter upsert lost a race, retrying");
                 }
