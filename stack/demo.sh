@@ -31,7 +31,7 @@ cd "$REPO_ROOT"
 say "building the services (release)"
 cargo build --release --quiet \
     -p fieldforce-gateway -p fieldforce-processors -p fieldforce-sink-mongodb \
-    -p fieldforce-kafka -p fieldforce-replay
+    -p fieldforce-kafka -p fieldforce-replay -p fieldforce-ops
 
 export FIELDFORCE_CONFIG=$DEMO_CONFIG
 say "creating the catalog's topics"

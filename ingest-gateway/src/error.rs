@@ -88,6 +88,9 @@ pub enum GatewayError {
         "the server could not store an attachment right now, nothing was saved: send it again later"
     )]
     BlobWrite(#[from] BlobError),
+    /// The daily figures could not be read from the store (503).
+    #[error("the figures could not be read right now ({0}): try again later")]
+    StatsUnavailable(String),
 }
 
 impl GatewayError {
@@ -111,9 +114,10 @@ impl GatewayError {
             Self::NotFound | Self::WebhookNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable(_) | Self::BlobWrite(_) | Self::SubscriptionsUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable(_)
+            | Self::BlobWrite(_)
+            | Self::SubscriptionsUnavailable(_)
+            | Self::StatsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -144,6 +148,7 @@ impl GatewayError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unavailable(_) => "kafka_unavailable",
             Self::BlobWrite(_) => "blob_store_unavailable",
+            Self::StatsUnavailable(_) => "store_unavailable",
         }
     }
 

@@ -10,6 +10,7 @@
 //!   definitions); [`json_submission`] reads the JSON shapes.
 //! - [`intake`]: resend, conflict, edit and split-upload decisions through [`index`],
 //!   attachments to [`blob`], then the record through [`producer`], awaited.
+//! - [`stats`]: the daily figures of a project, read from the analytics collection.
 //! - [`webhooks`]: the webhook subscription API, on its compacted topic.
 //! - [`error`]: every failure with its status and message; [`metrics`]: Prometheus metrics.
 
@@ -27,6 +28,7 @@ pub mod producer;
 pub mod response;
 pub mod routes;
 pub mod server;
+pub mod stats;
 pub mod webhooks;
 pub mod xform;
 pub mod xml;

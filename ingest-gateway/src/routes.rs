@@ -1,12 +1,13 @@
 //! Routing and the endpoint handlers: OpenRosa submission, JSON submission and batch, form
-//! registration, project settings, webhook subscriptions (handled in [`crate::webhooks`]),
-//! health, readiness and metrics.
+//! registration, project settings, daily stats, webhook subscriptions (handled in
+//! [`crate::webhooks`]), health, readiness and metrics.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use fieldforce_runtime::config::{GatewayConfig, KafkaConfig};
+use fieldforce_schemas::analytics::DailyDocument;
 use fieldforce_schemas::codec::{self, Contract};
 use fieldforce_schemas::form::FormDefinition;
 use fieldforce_schemas::project::{PROJECT_SETTINGS_VERSION, ProjectSettings};
@@ -28,6 +29,7 @@ use crate::json_submission::parse_json_submission;
 use crate::metrics::Metrics;
 use crate::producer::GatewayProducer;
 use crate::response::{self, Body, Protocol};
+use crate::stats;
 use crate::xform::parse_xform;
 
 /// Name of the multipart part that holds the instance XML, fixed by the OpenRosa protocol.
@@ -53,6 +55,8 @@ pub struct AppState {
     pub webhooks_topic: String,
     /// Kafka settings, for reading the webhook subscriptions topic.
     pub kafka: KafkaConfig,
+    /// The daily figures the analytics aggregator writes, read by the stats endpoint.
+    pub analytics: mongodb::Collection<DailyDocument>,
 }
 
 /// A request matched to its endpoint.
@@ -67,6 +71,7 @@ enum Route<'a> {
     Settings(&'a str),
     Webhooks(&'a str),
     Webhook(&'a str, &'a str),
+    Stats(&'a str),
     Health,
     Ready,
     Metrics,
@@ -83,6 +88,7 @@ impl Route<'_> {
             Self::Forms(_) => "forms",
             Self::Settings(_) => "settings",
             Self::Webhooks(_) | Self::Webhook(..) => "webhooks",
+            Self::Stats(_) => "stats",
             Self::Health | Self::Ready => "health",
             Self::Metrics => "metrics",
             Self::Unknown => "unknown",
@@ -120,6 +126,7 @@ fn route(path: &str) -> Route<'_> {
         ["v1", "projects", project, "settings"] => Route::Settings(project),
         ["v1", "projects", project, "webhooks"] => Route::Webhooks(project),
         ["v1", "projects", project, "webhooks", id] => Route::Webhook(project, id),
+        ["v1", "projects", project, "stats"] => Route::Stats(project),
         ["healthz"] => Route::Health,
         ["readyz"] => Route::Ready,
         ["metrics"] => Route::Metrics,
@@ -241,6 +248,13 @@ async fn dispatch(
         (Route::Webhook(project, id), Method::DELETE) => {
             let (principal, project) = authorize(state, &request, Some(project), None)?;
             crate::webhooks::delete(state, &principal.org_id, &project, id).await
+        }
+        (Route::Stats(project), Method::GET) => {
+            let (principal, project) = authorize(state, &request, Some(project), None)?;
+            let range = stats::parse_range(request.uri().query())?;
+            let body =
+                stats::project_stats(&state.analytics, &principal.org_id, &project, range).await?;
+            Ok(response::json(StatusCode::OK, &body))
         }
         (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "ok\n", "text/plain")),
         (Route::Ready, Method::GET) => Ok(if state.producer.is_ready() {
@@ -699,6 +713,10 @@ mod tests {
         assert!(matches!(
             route("/v1/projects/census/webhooks/crm"),
             Route::Webhook("census", "crm")
+        ));
+        assert!(matches!(
+            route("/v1/projects/census/stats"),
+            Route::Stats("census")
         ));
         assert!(matches!(route("/v1/other"), Route::Unknown));
     }

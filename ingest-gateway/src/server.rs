@@ -8,6 +8,7 @@ use std::time::Duration;
 use fieldforce_kafka::catalog::{FORMS, PROJECT_SETTINGS, SUBMISSIONS_RAW, WEBHOOKS_SUBSCRIPTIONS};
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
+use fieldforce_schemas::analytics::DAILY_COLLECTION;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -56,7 +57,11 @@ pub async fn run(
 
     let producer = Arc::new(GatewayProducer::new(&config)?);
     let metrics = Arc::new(Metrics::new());
-    let index_store = mongo_index_store(&config).await?;
+    let mongo = mongo_client(&config).await?;
+    let database = mongo.database(&config.mongodb.database);
+    let index_store: Arc<dyn IndexStore> = Arc::new(MongoIndexStore::new(
+        database.collection(&config.gateway.index_collection),
+    ));
     let index = SubmissionIndex::new(
         Some(index_store),
         gateway.index_cache_entries,
@@ -79,6 +84,7 @@ pub async fn run(
         settings_topic: config.kafka.topic(PROJECT_SETTINGS),
         webhooks_topic: config.kafka.topic(WEBHOOKS_SUBSCRIPTIONS),
         kafka: config.kafka.clone(),
+        analytics: database.collection(DAILY_COLLECTION),
     });
     tokio::spawn(producer.clone().probe_brokers(shutdown.clone()));
 
@@ -128,17 +134,14 @@ pub async fn run(
     Ok(())
 }
 
-/// Builds the MongoDB side of the submission index. The client connects lazily, so a
-/// database that is down at start only costs the memory-only fallback.
-async fn mongo_index_store(config: &Config) -> Result<Arc<dyn IndexStore>, StartError> {
+/// Builds the MongoDB client of the submission index and the stats endpoint. The client
+/// connects lazily, so a database that is down at start only costs the index its memory-only
+/// fallback and the stats endpoint its responses (503) until it is back.
+async fn mongo_client(config: &Config) -> Result<mongodb::Client, StartError> {
     let mut options = mongodb::options::ClientOptions::parse(&config.mongodb.uri).await?;
     let timeout = Duration::from_millis(config.gateway.index_timeout_ms);
     options.server_selection_timeout = Some(timeout);
     options.connect_timeout = Some(timeout);
     options.app_name = Some("fieldforce-gateway".to_owned());
-    let client = mongodb::Client::with_options(options)?;
-    let collection = client
-        .database(&config.mongodb.database)
-        .collection(&config.gateway.index_collection);
-    Ok(Arc::new(MongoIndexStore::new(collection)))
+    Ok(mongodb::Client::with_options(options)?)
 }

@@ -42,6 +42,13 @@ pub const PIPELINE_GROUPS: [(&str, &str); 4] = [
     (SINK_GROUP, SUBMISSIONS_PROCESSED),
 ];
 
+/// Consumer groups beside the pipeline, which read its output and feed nothing back, and the
+/// catalog topic each one reads.
+pub const SIDE_GROUPS: [(&str, &str); 2] = [
+    ("fieldforce-analytics", SUBMISSIONS_PROCESSED),
+    ("fieldforce-webhooks", SUBMISSIONS_STORED),
+];
+
 /// The parsed catalog.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

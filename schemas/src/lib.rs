@@ -19,9 +19,12 @@
 //! and [`avro`] encodes and decodes the Avro form of each contract, whose schemas live
 //! under `schemas/avro/`.
 //! [`odk`] parses the value formats that OpenRosa clients write (geopoints, timestamps).
+//! [`analytics`] is the stored shape of the daily figures, written by the analytics
+//! aggregator and read by the gateway.
 
 #![deny(missing_docs)]
 
+pub mod analytics;
 pub mod avro;
 pub mod codec;
 pub mod dead_letter;

@@ -5,8 +5,8 @@ SERVICES_BIN_DIR=$REPO_ROOT/target/release
 DEMO_CONFIG=${FIELDFORCE_CONFIG:-$STACK_SRC_DIR/demo/fieldforce.toml}
 
 # Started from the sink back to the gateway, so that each stage has a consumer before
-# records reach it.
-SERVICES=(fieldforce-sink fieldforce-quality fieldforce-geo fieldforce-validate fieldforce-gateway)
+# records reach it; the operations page last, once there is something to watch.
+SERVICES=(fieldforce-webhooks fieldforce-sink fieldforce-analytics fieldforce-quality fieldforce-geo fieldforce-validate fieldforce-gateway fieldforce-ops)
 
 service_log() {
     printf '%s\n' "$STACK_LOG_DIR/$1.log"

@@ -42,4 +42,7 @@ pub enum ProcessorError {
     /// A blocking task or a rayon batch ended without an answer, which means it panicked.
     #[error("a background task panicked")]
     TaskPanicked,
+    /// The analytics aggregator's MongoDB settings are unusable.
+    #[error("analytics store setup failed: {0}")]
+    AnalyticsStore(#[source] crate::analytics::store::StoreError),
 }

@@ -9,6 +9,8 @@
 //!   setting its processing status.
 //! - [`webhooks`]: `submissions.stored` to the projects' webhook endpoints, with retry topics
 //!   and a dead-letter topic of its own.
+//! - [`analytics`]: `submissions.processed` to the daily figures in MongoDB, exact under
+//!   restarts and edits.
 //!
 //! They share [`pipeline`] (consume, transform batches on rayon, produce, store offsets after
 //! delivery, dead-letter what cannot be processed), [`registry`] (forms and project settings
@@ -18,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod analytics;
 pub mod error;
 pub mod fields;
 pub mod geo;

@@ -1,9 +1,10 @@
 //! Every metric of the stream processors, declared once. Names follow
 //! `fieldforce_processor_<name>_<unit>[_total]`, with the label `stage` (`validation`, `geo`,
-//! `quality`, `webhooks`), a fixed list. The webhook dispatcher adds
+//! `quality`, `webhooks`, `analytics`), a fixed list. The webhook dispatcher adds
 //! `fieldforce_webhooks_<name>_<unit>[_total]` with the label `outcome`, whose values are the
-//! fixed [`DeliveryOutcome`] names. The consumer-lag gauges shared with the sink are declared
-//! in [`fieldforce_kafka::lag::metrics`] and registered here.
+//! fixed [`DeliveryOutcome`] names. The analytics aggregator adds its own counters, named
+//! `fieldforce_analytics_<name>_total` and without labels. The consumer-lag gauges shared
+//! with the sink are declared in [`fieldforce_kafka::lag::metrics`] and registered here.
 
 use fieldforce_kafka::lag::metrics::LagMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,7 +17,7 @@ use prometheus_client::registry::Registry;
 /// The label set of every processor metric.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
-    /// Processing stage: `validation`, `geo`, `quality` or `webhooks`.
+    /// Processing stage: `validation`, `geo`, `quality`, `webhooks` or `analytics`.
     pub stage: &'static str,
 }
 
@@ -214,5 +215,59 @@ impl WebhookMetrics {
                 outcome: outcome.as_str(),
             })
             .inc();
+    }
+}
+
+/// Counters of the analytics aggregator, next to the stage metrics it shares with the other
+/// processors.
+#[derive(Debug, Clone, Default)]
+pub struct AnalyticsMetrics {
+    /// Records skipped because they are not a processed submission this build reads.
+    pub records_skipped: Counter,
+    /// Contributions inserted or replaced.
+    pub contributions_written: Counter,
+    /// Daily documents recomputed and replaced.
+    pub daily_written: Counter,
+    /// Batches applied again after a store failure.
+    pub batch_retries: Counter,
+    /// Contribution writes and recomputations repeated because another writer changed the
+    /// same document first.
+    pub races: Counter,
+}
+
+impl AnalyticsMetrics {
+    /// Registers every analytics counter under `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        for (name, help, counter) in [
+            (
+                "fieldforce_analytics_records_skipped",
+                "Records skipped because they could not be decoded",
+                &metrics.records_skipped,
+            ),
+            (
+                "fieldforce_analytics_contributions_written",
+                "Contributions inserted or replaced",
+                &metrics.contributions_written,
+            ),
+            (
+                "fieldforce_analytics_daily_documents_written",
+                "Daily documents recomputed and replaced",
+                &metrics.daily_written,
+            ),
+            (
+                "fieldforce_analytics_batch_retries",
+                "Batches applied again after a store failure",
+                &metrics.batch_retries,
+            ),
+            (
+                "fieldforce_analytics_races",
+                "Writes repeated because another writer changed the same document first",
+                &metrics.races,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        metrics
     }
 }

@@ -109,6 +109,20 @@ pub(crate) struct RebalanceContext {
     pub(crate) stage: &'static str,
 }
 
+impl RebalanceContext {
+    pub(crate) fn new(
+        tracker: Arc<Mutex<OffsetTracker>>,
+        metrics: Metrics,
+        stage: &'static str,
+    ) -> Self {
+        Self {
+            tracker,
+            metrics,
+            stage,
+        }
+    }
+}
+
 impl ClientContext for RebalanceContext {}
 
 impl ConsumerContext for RebalanceContext {
@@ -428,7 +442,7 @@ pub(crate) async fn commit_final(
 }
 
 /// Collects records that are already fetched, up to `batch_max`, waiting at most `linger`.
-async fn fill_batch(
+pub(crate) async fn fill_batch(
     consumer: &GroupConsumer,
     first: OwnedMessage,
     batch_max: usize,

@@ -305,10 +305,7 @@ fn content_flags(
         ));
     }
 
-    let start = first_text(&submission.fields, &START_PATHS)
-        .and_then(|text| odk::parse_datetime(&text).ok());
-    let end =
-        first_text(&submission.fields, &END_PATHS).and_then(|text| odk::parse_datetime(&text).ok());
+    let (start, end) = interview_times(&submission.fields);
     flags.extend(timing_flags(
         start,
         end,
@@ -364,6 +361,16 @@ fn content_flags(
         }
     }
     flags
+}
+
+/// Returns the interview's start and end as the device recorded them, each with the device's
+/// own UTC offset, or `None` where the field is missing or not a dateTime.
+pub fn interview_times(
+    fields: &Map<String, Value>,
+) -> (Option<DateTime<FixedOffset>>, Option<DateTime<FixedOffset>>) {
+    let read =
+        |paths: &[&str]| first_text(fields, paths).and_then(|text| odk::parse_datetime(&text).ok());
+    (read(&START_PATHS), read(&END_PATHS))
 }
 
 /// Counts answered and expected fields: the form's input fields when the form is known,

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use serde_yaml_ng::Value;
 
 /// Each consumer Deployment, the consumer group it runs and the catalog topic it reads.
-const CONSUMERS: [(&str, &str, &str); 5] = [
+const CONSUMERS: [(&str, &str, &str); 6] = [
     (
         "fieldforce-validate",
         "fieldforce-validation",
@@ -39,6 +39,11 @@ const CONSUMERS: [(&str, &str, &str); 5] = [
         "fieldforce-webhooks",
         "fieldforce-webhooks",
         "submissions.stored",
+    ),
+    (
+        "fieldforce-analytics",
+        "fieldforce-analytics",
+        "submissions.processed",
     ),
 ];
 
@@ -193,6 +198,7 @@ fn grace_period_outlasts_drain_deadline() {
             "fieldforce-sink" => config.sink.shutdown_drain_timeout_ms,
             // The operations service drains nothing: it only reads.
             "fieldforce-ops" => 0,
+            "fieldforce-analytics" => config.analytics.shutdown_drain_timeout_ms,
             _ => config.processors.shutdown_drain_timeout_ms,
         };
         let grace_s = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]

@@ -18,7 +18,7 @@ use fieldforce_runtime::config::{Config, KafkaConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::catalog::{PIPELINE_GROUPS, SINK_GROUP};
+use crate::catalog::{PIPELINE_GROUPS, SIDE_GROUPS, SINK_GROUP};
 use crate::client::{consumer_config, reader_config};
 use crate::offsets::TopicPartition;
 
@@ -151,12 +151,14 @@ pub fn classify(earlier: &GroupLag, later: &GroupLag, thresholds: Thresholds) ->
 #[error("reading consumer lag failed: {0}")]
 pub struct LagError(#[from] rdkafka::error::KafkaError);
 
-/// Returns every pipeline consumer group with its full id and the full name of the topic it
-/// reads, in pipeline order. Group ids get the prefix their service adds
+/// Returns every consumer group of the deployment with its full id and the full name of the
+/// topic it reads: the pipeline's in pipeline order, then the side groups (analytics,
+/// webhooks). Group ids get the prefix their service adds
 /// (`processors.group_id_prefix`, `sink.group_id_prefix`).
 pub fn pipeline_groups(config: &Config) -> Vec<(String, String)> {
     PIPELINE_GROUPS
         .iter()
+        .chain(&SIDE_GROUPS)
         .map(|(group, topic)| {
             let prefix = if *group == SINK_GROUP {
                 &config.sink.group_id_prefix

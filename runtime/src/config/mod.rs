@@ -13,6 +13,7 @@
 //! can serve a whole deployment. [`Config::validate`] checks the values without any IO and
 //! reports every problem at once; connectivity is checked when the service starts.
 
+mod analytics;
 mod gateway;
 mod kafka;
 mod mongodb;
@@ -28,6 +29,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use analytics::AnalyticsConfig;
 pub use gateway::{GatewayConfig, GatewayToken};
 pub use kafka::KafkaConfig;
 pub use mongodb::MongoConfig;
@@ -64,6 +66,8 @@ pub struct Config {
     pub ops: OpsConfig,
     /// The webhook dispatcher.
     pub webhooks: WebhooksConfig,
+    /// The analytics aggregator.
+    pub analytics: AnalyticsConfig,
 }
 
 /// Configuration that could not be loaded or is invalid.
@@ -117,6 +121,7 @@ impl Config {
         self.ops.validate(&mut problems);
         self.webhooks.validate(&mut problems);
         self.telemetry.validate(&mut problems);
+        self.analytics.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {

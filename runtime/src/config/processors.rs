@@ -33,8 +33,8 @@ pub struct ProcessorsConfig {
     /// answers sent again from one device. Older entries are forgotten first. Default 100000.
     pub duplicate_memory_entries: usize,
     /// Text put before each processor's consumer group id (`fieldforce-validation`,
-    /// `fieldforce-geo`, `fieldforce-quality`), so that deployments or test runs sharing a
-    /// cluster never join each other's groups. Default empty.
+    /// `fieldforce-geo`, `fieldforce-quality`, `fieldforce-analytics`), so that deployments
+    /// or test runs sharing a cluster never join each other's groups. Default empty.
     pub group_id_prefix: String,
     /// How often each processor samples its consumer lag per assigned partition for the
     /// `fieldforce_consumer_lag_*` gauges, in milliseconds. Every sample asks the broker for

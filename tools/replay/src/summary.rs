@@ -237,9 +237,8 @@ fn print_dead_letters(config: &Config) -> anyhow::Result<()> {
 
 fn print_lag(config: &Config) -> anyhow::Result<()> {
     println!("  consumer lag");
-    for (group, catalog_name) in catalog::PIPELINE_GROUPS {
-        let topic = config.kafka.topic(catalog_name);
-        let sample = lag::sample(&config.kafka, group, std::slice::from_ref(&topic))?;
+    for (group, topic) in lag::pipeline_groups(config) {
+        let sample = lag::sample(&config.kafka, &group, std::slice::from_ref(&topic))?;
         println!(
             "    {group:<24}{:>8} records, {:.1} s  ({topic})",
             sample.lag_records(),
