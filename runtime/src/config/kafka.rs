@@ -15,7 +15,9 @@ pub struct KafkaConfig {
     /// against a remote cluster (`security.protocol`, `sasl.mechanisms`, `sasl.username`,
     /// `ssl.ca.location`, ...). Keys set through the environment write dots as underscores
     /// (`FIELDFORCE_KAFKA__CLIENT__SECURITY_PROTOCOL`), because librdkafka property names
-    /// contain no underscores. Default empty.
+    /// contain no underscores. Numbers and booleans are taken as their text, because the
+    /// environment and TOML give `6000` and `true` as typed values. Default empty.
+    #[serde(deserialize_with = "scalars_as_text")]
     pub client: BTreeMap<String, String>,
 }
 
@@ -27,6 +29,35 @@ impl Default for KafkaConfig {
             client: BTreeMap::new(),
         }
     }
+}
+
+/// A librdkafka property value as the configuration layers may type it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PropertyValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Flag(bool),
+}
+
+fn scalars_as_text<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let typed = BTreeMap::<String, PropertyValue>::deserialize(deserializer)?;
+    Ok(typed
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                PropertyValue::Text(text) => text,
+                PropertyValue::Integer(number) => number.to_string(),
+                PropertyValue::Float(number) => number.to_string(),
+                PropertyValue::Flag(flag) => flag.to_string(),
+            };
+            (key, text)
+        })
+        .collect())
 }
 
 impl KafkaConfig {

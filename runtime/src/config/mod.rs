@@ -194,6 +194,23 @@ mod tests {
     }
 
     #[test]
+    fn numeric_librdkafka_properties_become_text() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "fieldforce.toml",
+                "[kafka.client]\n\"fetch.wait.max.ms\" = 50\n\"enable.partition.eof\" = false\n",
+            )?;
+            jail.set_env("FIELDFORCE_KAFKA__CLIENT__SESSION_TIMEOUT_MS", "6000");
+            let config = Config::load(Some(Path::new("fieldforce.toml"))).unwrap();
+            let properties = config.kafka.client_properties();
+            assert!(properties.contains(&("session.timeout.ms".into(), "6000".into())));
+            assert!(properties.contains(&("fetch.wait.max.ms".into(), "50".into())));
+            assert!(properties.contains(&("enable.partition.eof".into(), "false".into())));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn validation_reports_every_problem() {
         let mut config = Config::default();
         config.kafka.bootstrap_servers.clear();
