@@ -8,7 +8,8 @@
 //! - [`xml`]: the hardened XML reader (no DOCTYPE, no entity expansion, depth cap) under
 //!   [`instance`] (OpenRosa submissions and encrypted manifests) and [`xform`] (form
 //!   definitions); [`json_submission`] reads the JSON shapes.
-//! - [`intake`]: resend, conflict, edit and split-upload decisions through [`index`],
+//! - [`intake`]: resend, conflict, edit and split-upload decisions through [`index`] (with
+//!   the Bloom [`filter`] of known keys in front of its store),
 //!   attachments to [`blob`], then the record through [`producer`], awaited.
 //! - [`stats`]: the daily figures of a project, read from the analytics collection.
 //! - [`webhooks`]: the webhook subscription API, on its compacted topic.
@@ -19,6 +20,7 @@
 pub mod auth;
 pub mod blob;
 pub mod error;
+pub mod filter;
 pub mod index;
 pub mod instance;
 pub mod intake;

@@ -257,14 +257,20 @@ async fn dispatch(
             Ok(response::json(StatusCode::OK, &body))
         }
         (Route::Health, Method::GET) => Ok(response::text(StatusCode::OK, "ok\n", "text/plain")),
-        (Route::Ready, Method::GET) => Ok(if state.producer.is_ready() {
-            response::text(StatusCode::OK, "ready\n", "text/plain")
-        } else {
+        (Route::Ready, Method::GET) => Ok(if !state.producer.is_ready() {
             response::text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "kafka unreachable or producer queue full\n",
                 "text/plain",
             )
+        } else if state.intake.index.warming_up() {
+            response::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "submission index still loading\n",
+                "text/plain",
+            )
+        } else {
+            response::text(StatusCode::OK, "ready\n", "text/plain")
         }),
         (Route::Metrics, Method::GET) => Ok(response::text(
             StatusCode::OK,

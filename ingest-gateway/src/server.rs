@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::blob::LocalBlobStore;
-use crate::index::{IndexStore, MongoIndexStore, SubmissionIndex};
+use crate::index::{IndexSettings, IndexStore, MongoIndexStore, SubmissionIndex};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::producer::GatewayProducer;
@@ -62,11 +62,7 @@ pub async fn run(
     let index_store: Arc<dyn IndexStore> = Arc::new(MongoIndexStore::new(
         database.collection(&config.gateway.index_collection),
     ));
-    let index = SubmissionIndex::new(
-        Some(index_store),
-        gateway.index_cache_entries,
-        Duration::from_millis(gateway.index_timeout_ms),
-    );
+    let index = SubmissionIndex::new(Some(index_store), &IndexSettings::from_config(gateway));
     let blobs = Arc::new(LocalBlobStore::new(&gateway.blob_dir).map_err(StartError::BlobDir)?);
     let state = Arc::new(AppState {
         config: gateway.clone(),

@@ -310,7 +310,21 @@ async fn settings_take_org_from_token() {
 async fn health_ready_and_metrics_answer() {
     let gateway = Gateway::start(test_config()).await;
     assert_eq!(gateway.send("GET", "/healthz", &[], "").await.status, 200);
-    assert_eq!(gateway.send("GET", "/readyz", &[], "").await.status, 200);
+    // Ready once Kafka answered and the submission index's key filter has loaded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ready = gateway.send("GET", "/readyz", &[], "").await;
+        if ready.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready after 30 s: {} {}",
+            ready.status,
+            ready.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let accepted = gateway
         .post_json(
             "/v1/submissions",

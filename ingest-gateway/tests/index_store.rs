@@ -1,0 +1,230 @@
+//! The submission index against the local MongoDB-compatible store: what its Bloom filter
+//! lets skip the store, and keys written by another index on the same database.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fieldforce_gateway::index::{
+    IndexEntry, IndexSettings, IndexStore, IndexStoreError, MongoIndexStore, SubmissionIndex,
+};
+use fieldforce_runtime::config::Config;
+use futures::future::BoxFuture;
+use support::test_config;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The MongoDB store, counting the keys that lookups read from it.
+struct CountingStore {
+    inner: MongoIndexStore,
+    looked_up: AtomicUsize,
+}
+
+impl IndexStore for CountingStore {
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, IndexEntry>, IndexStoreError>> {
+        self.looked_up.fetch_add(keys.len(), Ordering::SeqCst);
+        self.inner.load_many(keys)
+    }
+
+    fn save<'a>(
+        &'a self,
+        entries: &'a [(String, IndexEntry)],
+    ) -> BoxFuture<'a, Result<(), IndexStoreError>> {
+        self.inner.save(entries)
+    }
+
+    fn visit_keys<'a>(
+        &'a self,
+        since: Option<bson::DateTime>,
+        visit: &'a (dyn Fn(&str) + Send + Sync),
+    ) -> BoxFuture<'a, Result<u64, IndexStoreError>> {
+        self.inner.visit_keys(since, visit)
+    }
+}
+
+async fn counting_store(config: &Config) -> Arc<CountingStore> {
+    let client = mongodb::Client::with_uri_str(&config.mongodb.uri)
+        .await
+        .expect("mongodb uri is valid");
+    let collection = client
+        .database(&config.mongodb.database)
+        .collection(&config.gateway.index_collection);
+    Arc::new(CountingStore {
+        inner: MongoIndexStore::new(collection),
+        looked_up: AtomicUsize::new(0),
+    })
+}
+
+fn settings(config: &Config) -> IndexSettings {
+    IndexSettings {
+        refresh_interval: Duration::from_millis(200),
+        ..IndexSettings::from_config(&config.gateway)
+    }
+}
+
+fn entry(revision: u32) -> IndexEntry {
+    IndexEntry {
+        content_sha256: "ab".repeat(32),
+        root_id: uuid::Uuid::new_v4().to_string(),
+        revision,
+        attachments: Vec::new(),
+    }
+}
+
+fn new_key() -> String {
+    SubmissionIndex::key("demo", &format!("uuid:{}", uuid::Uuid::new_v4()))
+}
+
+/// Calls `attempt` until it returns a value, failing the test after [`DEADLINE`].
+async fn poll<T, F, Fut>(condition: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{condition} not seen within {DEADLINE:?}: is the local stack up (make up)?"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_filter(index: &SubmissionIndex) {
+    poll("loaded filter", || async {
+        index.filter_loaded().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn loaded_filter_skips_store_for_new_keys() {
+    let config = test_config();
+    let stored_key = new_key();
+    let stored_entry = entry(0);
+    let first = SubmissionIndex::new(Some(counting_store(&config).await), &settings(&config));
+    first.insert(stored_key.clone(), stored_entry.clone());
+    first.flush(DEADLINE).await;
+
+    let store = counting_store(&config).await;
+    let index = SubmissionIndex::new(Some(store.clone()), &settings(&config));
+    wait_for_filter(&index).await;
+
+    for _ in 0..20 {
+        assert_eq!(index.get(&new_key()).await, None);
+    }
+    assert_eq!(
+        store.looked_up.load(Ordering::SeqCst),
+        0,
+        "new keys must not reach the store"
+    );
+
+    assert_eq!(index.get(&stored_key).await, Some(stored_entry));
+    assert_eq!(store.looked_up.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn key_from_other_index_is_found_after_refresh() {
+    let config = test_config();
+    let writer = SubmissionIndex::new(Some(counting_store(&config).await), &settings(&config));
+    let reader = SubmissionIndex::new(Some(counting_store(&config).await), &settings(&config));
+    wait_for_filter(&reader).await;
+
+    let key = new_key();
+    let accepted = entry(2);
+    assert_eq!(reader.get(&key).await, None);
+    writer.insert(key.clone(), accepted.clone());
+    writer.flush(DEADLINE).await;
+
+    let found = poll("key written by another index", || reader.get(&key)).await;
+    assert_eq!(found, accepted);
+}
+
+#[tokio::test]
+async fn evicted_own_key_is_read_from_store() {
+    let config = test_config();
+    // No refresh runs during the test, so only the insert itself can put the key into the
+    // filter after the full read.
+    let settings = IndexSettings {
+        cache_entries: 1,
+        refresh_interval: Duration::from_secs(3_600),
+        ..IndexSettings::from_config(&config.gateway)
+    };
+    let store = counting_store(&config).await;
+    let index = SubmissionIndex::new(Some(store.clone()), &settings);
+    wait_for_filter(&index).await;
+
+    let (evicted_key, evicted_entry) = (new_key(), entry(1));
+    index.insert(evicted_key.clone(), evicted_entry.clone());
+    index.insert(new_key(), entry(0));
+    index.flush(DEADLINE).await;
+
+    assert_eq!(index.get(&evicted_key).await, Some(evicted_entry));
+    assert_eq!(store.looked_up.load(Ordering::SeqCst), 1);
+}
+
+/// The MongoDB store whose key read never finishes, as under a store too slow to list keys.
+struct StuckKeyRead(MongoIndexStore);
+
+impl IndexStore for StuckKeyRead {
+    fn load_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, IndexEntry>, IndexStoreError>> {
+        self.0.load_many(keys)
+    }
+
+    fn save<'a>(
+        &'a self,
+        entries: &'a [(String, IndexEntry)],
+    ) -> BoxFuture<'a, Result<(), IndexStoreError>> {
+        self.0.save(entries)
+    }
+
+    fn visit_keys<'a>(
+        &'a self,
+        _since: Option<bson::DateTime>,
+        _visit: &'a (dyn Fn(&str) + Send + Sync),
+    ) -> BoxFuture<'a, Result<u64, IndexStoreError>> {
+        Box::pin(futures::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn warming_up_until_filter_loaded() {
+    let config = test_config();
+    let loading = SubmissionIndex::new(Some(counting_store(&config).await), &settings(&config));
+    let deadline = Instant::now() + DEADLINE;
+    while loading.warming_up() {
+        assert!(
+            Instant::now() < deadline,
+            "filter not loaded within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(loading.filter_loaded());
+
+    let stuck_store = Arc::new(StuckKeyRead(counting_store(&config).await.inner.clone()));
+    let stuck = SubmissionIndex::new(Some(stuck_store), &settings(&config));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        stuck.warming_up(),
+        "a filter that never loads keeps the gateway unready"
+    );
+
+    let memory_only = SubmissionIndex::new(None, &settings(&config));
+    assert!(
+        !memory_only.warming_up(),
+        "without a store there is nothing to load"
+    );
+}
