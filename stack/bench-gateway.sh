@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One gateway benchmark run: start the gateway BINARY with its own topics and database,
+# wait until /readyz returns 200, offer 15 s of open-loop load with fieldforce-replay, sample
+# the gateway's VmRSS every second, then stop it. Needs the stack (`make up`) and release
+# builds of fieldforce-topics and fieldforce-replay in target/release.
+#
+# usage: stack/bench-gateway.sh BINARY TAG FORMAT RATE SEED [BATCH]
+#   TAG     names the topics (bench-TAG.), the database (bench_TAG) and the files under
+#           target/bench/; the first run of a TAG registers the form and geofences
+#   FORMAT  json, openrosa or batch (fieldforce-replay load --format)
+#   RATE    requests per second offered
+#   SEED    load seed; use a new one per run, because a repeated seed repeats instanceIDs
+#   BATCH   submissions per batch request (default 20)
+set -euo pipefail
+
+if (($# < 5)); then
+    sed -n '7,13p' "$0" >&2
+    exit 2
+fi
+binary=$1 tag=$2 format=$3 rate=$4 seed=$5 batch=${6:-20}
+
+cd "$(dirname "$0")/.."
+out=target/bench
+mkdir -p "$out"
+export FIELDFORCE_KAFKA__TOPIC_PREFIX=bench-$tag. FIELDFORCE_MONGODB__DATABASE=bench_$tag
+export FIELDFORCE_GATEWAY__LISTEN_ADDR=127.0.0.1:18090
+export FIELDFORCE_GATEWAY__BLOB_DIR=$out/blobs-$tag
+export FIELDFORCE_GATEWAY_URL=http://127.0.0.1:18090 RUST_LOG=warn
+boundaries=$(stack/fetch-boundaries)
+
+target/release/fieldforce-topics apply >/dev/null
+"$binary" >"$out/gateway-$tag.log" 2>&1 &
+gateway=$!
+trap 'kill "$gateway" 2>/dev/null || true' EXIT
+for _ in $(seq 300); do
+    curl -fs -o /dev/null "$FIELDFORCE_GATEWAY_URL/readyz" && break
+    sleep 0.2
+done
+
+ledger=$out/ledger-$tag.jsonl
+if [[ ! -e $ledger ]]; then
+    target/release/fieldforce-replay --ledger "$ledger" load --rate 20 --duration-s 2 \
+        --format json --bad-share 0 --geofences "$boundaries" >/dev/null
+fi
+
+rss=$out/rss-$tag-$seed.txt
+(while kill -0 "$gateway" 2>/dev/null; do
+    awk '/VmRSS/ {print $2}' "/proc/$gateway/status" 2>/dev/null || true
+    sleep 1
+done) >"$rss" &
+
+target/release/fieldforce-replay --ledger "$ledger" load --rate "$rate" --duration-s 15 \
+    --format "$format" --batch-size "$batch" --bad-share 0 --no-setup --seed "$seed" \
+    --geofences "$boundaries" 2>&1 | tail -4
+sleep 5
+kill "$gateway"
+wait "$gateway" 2>/dev/null || true
+echo "max VmRSS $(sort -n "$rss" | tail -1) KiB, last $(tail -1 "$rss") KiB"
