@@ -73,6 +73,7 @@ The stack and the services are still running.
   logs:           $STACK_LOG_DIR
   the data:       database fieldforce, collection submissions at mongodb://127.0.0.1:27017/
                   (any MongoDB client, such as mongosh, reads it)
+  operations:     http://127.0.0.1:9400/ (lag per group and partition, throughput, dead letters)
   consumer lag:   stack/bin/kafka-consumer-groups --bootstrap-server $KAFKA_BOOTSTRAP --describe --all-groups
   raw topic:      stack/bin/kafka-console-consumer --bootstrap-server $KAFKA_BOOTSTRAP --topic fieldforce.submissions.raw --from-beginning
   stop it all:    make down
