@@ -23,7 +23,7 @@
 //! took about 40 ms where a full read took 2.8 s (one measurement each).
 //!
 //! Accepted entries are written behind in batches after their delivery report, so the store
-//! sees a few writes per burst rather than one per submission. When the store is
+//! receives a few writes per burst rather than one per submission. When the store is
 //! unreachable the gateway warns and goes on with memory alone. The sink stays the final
 //! arbiter, since it keeps the highest revision and ignores identical duplicates.
 //!
@@ -570,7 +570,7 @@ impl SubmissionIndex {
         // Until the full read finishes, every new key costs a store lookup, so `/readyz` keeps
         // traffic away meanwhile (FerretDB 1.24 reads about 28,000 keys a second here).
         // NOTE: a gateway that is sent traffic before it is ready, or whose load takes longer
-        // than FILTER_WARM_UP_LIMIT, still sees lookups time out in its first seconds.
+        // than FILTER_WARM_UP_LIMIT, still has lookups time out in its first seconds.
         if self.filter_loaded()
             && self
                 .known

@@ -310,7 +310,7 @@ async fn settings_take_org_from_token() {
 async fn health_ready_and_metrics_answer() {
     let gateway = Gateway::start(test_config()).await;
     assert_eq!(gateway.send("GET", "/healthz", &[], "").await.status, 200);
-    // Ready once Kafka answered and the submission index's key filter has loaded.
+    // Ready once Kafka is reachable and the submission index's key filter has loaded.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let ready = gateway.send("GET", "/readyz", &[], "").await;
