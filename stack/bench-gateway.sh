@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One gateway benchmark run: start the gateway BINARY with its own topics and database,
 # wait until /readyz returns 200, offer 15 s of open-loop load with fieldforce-replay, sample
-# the gateway's VmRSS every second, then stop it. Needs the stack (`make up`) and release
+# the gateway's VmRSS every second, then stop it. ROUNDS=n (default 1) repeats the load on
+# the same gateway with seeds SEED, SEED+1, ..., each followed by IDLE_S seconds without
+# load (default 5), and prints VmRSS after each load and each idle time, so that memory
+# growing with the submissions seen shows apart from memory held at full load. Needs the stack (`make up`) and release
 # builds of fieldforce-topics and fieldforce-replay in target/release.
 #
 # usage: stack/bench-gateway.sh BINARY TAG FORMAT RATE SEED [BATCH]
@@ -49,10 +52,18 @@ rss=$out/rss-$tag-$seed.txt
     sleep 1
 done) >"$rss" &
 
-target/release/fieldforce-replay --ledger "$ledger" load --rate "$rate" --duration-s 15 \
-    --format "$format" --batch-size "$batch" --bad-share 0 --no-setup --seed "$seed" \
-    --geofences "$boundaries" 2>&1 | tail -4
-sleep 5
+vmrss() {
+    awk '/VmRSS/ {print $2}' "/proc/$gateway/status"
+}
+echo "VmRSS at start $(vmrss) KiB"
+for round in $(seq "${ROUNDS:-1}"); do
+    target/release/fieldforce-replay --ledger "$ledger" load --rate "$rate" --duration-s 15 \
+        --format "$format" --batch-size "$batch" --bad-share 0 --no-setup \
+        --seed "$((seed + round - 1))" --geofences "$boundaries" 2>&1 | tail -4
+    echo "VmRSS after load $round $(vmrss) KiB"
+    sleep "${IDLE_S:-5}"
+    echo "VmRSS after ${IDLE_S:-5} s idle $(vmrss) KiB"
+done
 kill "$gateway"
 wait "$gateway" 2>/dev/null || true
-echo "max VmRSS $(sort -n "$rss" | tail -1) KiB, last $(tail -1 "$rss") KiB"
+echo "max VmRSS $(sort -n "$rss" | tail -1) KiB, last $(tail -1 "$rss") KiB ($(wc -l <"$rss") samples, 1 s apart)"

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# One whole-pipeline benchmark run: start the gateway, the three processors and the sink
+# from target/release with their own topics, database and consumer groups, offer open-loop
+# load with fieldforce-replay, sample every group's lag every 2 s until the sink has caught
+# up, then report the accepted-to-stored latency and the highest lag each group reached.
+# Needs the stack (`make up`) and `cargo build --release --workspace --bins`.
+#
+# usage: stack/bench-pipeline.sh TAG FORMAT RATE DURATION_S SEED [BATCH]
+#   TAG         names the topics (bench-TAG.), the database (bench_TAG), the consumer groups
+#               and the files under target/bench/; use a new TAG per run
+#   FORMAT      openrosa, json, batch or mix (fieldforce-replay load --format)
+#   RATE        requests per second offered
+#   DURATION_S  how long the load runs
+#   SEED        load seed
+#   BATCH       submissions per batch request (default 20)
+set -euo pipefail
+
+if (($# < 5)); then
+    sed -n '8,15p' "$0" >&2
+    exit 2
+fi
+tag=$1 format=$2 rate=$3 duration_s=$4 seed=$5 batch=${6:-20}
+
+cd "$(dirname "$0")/.."
+out=target/bench
+bin=target/release
+mkdir -p "$out"
+export FIELDFORCE_KAFKA__TOPIC_PREFIX=bench-$tag. FIELDFORCE_MONGODB__DATABASE=bench_$tag
+export FIELDFORCE_PROCESSORS__GROUP_ID_PREFIX=bench-$tag. FIELDFORCE_SINK__GROUP_ID_PREFIX=bench-$tag.
+export FIELDFORCE_GATEWAY__LISTEN_ADDR=127.0.0.1:18091
+export FIELDFORCE_GATEWAY__BLOB_DIR=$out/blobs-$tag
+export FIELDFORCE_GATEWAY_URL=http://127.0.0.1:18091 RUST_LOG=warn
+boundaries=$(stack/fetch-boundaries)
+ledger=$out/pipeline-ledger-$tag.jsonl
+lag_log=$out/pipeline-lag-$tag.txt
+rm -f "$ledger" "$lag_log"
+
+"$bin/fieldforce-topics" apply >/dev/null
+pids=()
+stop_all() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap stop_all EXIT
+# From the sink back to the gateway, so that every stage has its consumer before records
+# reach it.
+for service in sink quality geo validate gateway; do
+    "$bin/fieldforce-$service" >"$out/pipeline-$service-$tag.log" 2>&1 &
+    pids+=("$!")
+done
+for _ in $(seq 300); do
+    curl -fs -o /dev/null "$FIELDFORCE_GATEWAY_URL/readyz" && break
+    sleep 0.2
+done
+
+groups=(
+    "--group" "bench-$tag.fieldforce-validation=bench-$tag.submissions.raw"
+    "--group" "bench-$tag.fieldforce-geo=bench-$tag.submissions.validated"
+    "--group" "bench-$tag.fieldforce-quality=bench-$tag.submissions.located"
+    "--group" "bench-$tag.fieldforce-sink=bench-$tag.submissions.processed"
+)
+
+# A short setup load registers the form and the geofences and lets every consumer group
+# join before the measured load starts.
+"$bin/fieldforce-replay" --ledger "$out/pipeline-setup-$tag.jsonl" load --rate 5 --duration-s 2 \
+    --format json --bad-share 0 --seed "$((seed + 100000))" --geofences "$boundaries" >/dev/null
+"$bin/fieldforce-replay" --ledger "$out/pipeline-setup-$tag.jsonl" summary --wait-s 120 >/dev/null
+
+"$bin/fieldforce-lag" --watch --interval-s 2 "${groups[@]}" >"$lag_log" 2>&1 &
+lag_watch=$!
+pids+=("$lag_watch")
+
+echo "== load: $format at $rate requests/s for $duration_s s"
+"$bin/fieldforce-replay" --ledger "$ledger" load --rate "$rate" --duration-s "$duration_s" \
+    --format "$format" --batch-size "$batch" --bad-share 0 --no-setup --seed "$seed" \
+    --geofences "$boundaries" 2>&1 | tail -5
+echo "== summary"
+"$bin/fieldforce-replay" --ledger "$ledger" summary --wait-s 600 2>&1 |
+    grep -E '^ *(accepted|stored|missing) ' || true
+sleep 4
+kill "$lag_watch" 2>/dev/null || true
+
+echo "== highest lag per group while the load ran and drained (2 s samples)"
+awk '$1 ~ /^bench-/ && NF == 7 {
+        key = $1
+        sub(/^bench-[^.]*\./, "", key)
+        if ($6 + 0 > records[key]) records[key] = $6 + 0
+        if ($7 + 0 > seconds[key]) seconds[key] = $7 + 0
+        seen[key] = 1
+    }
+    END { for (key in seen) printf "%-24s %10d records %8.1f s\n", key, records[key], seconds[key] }' \
+    "$lag_log" | sort
+
+# The run's topics go, so that repeated runs do not fill the broker's disk.
+stack/bin/kafka-topics --bootstrap-server 127.0.0.1:9092 --delete --topic "bench-$tag\..*" \
+    >/dev/null 2>&1 || true
