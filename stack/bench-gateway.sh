@@ -3,8 +3,8 @@
 # wait until /readyz returns 200, offer 15 s of open-loop load with fieldforce-replay, sample
 # the gateway's VmRSS every second, then stop it. ROUNDS=n (default 1) repeats the load on
 # the same gateway with seeds SEED, SEED+1, ..., each followed by IDLE_S seconds without
-# load (default 5), and prints VmRSS after each load and each idle time, so that memory
-# growing with the submissions seen shows apart from memory held at full load. Needs the stack (`make up`) and release
+# load (default 5). VmRSS is printed after each load and each idle time. That separates
+# memory that grows with the submissions seen from memory held only at full load. Needs the stack (`make up`) and release
 # builds of fieldforce-topics and fieldforce-replay in target/release.
 #
 # usage: stack/bench-gateway.sh BINARY TAG FORMAT RATE SEED [BATCH]
@@ -17,7 +17,7 @@
 set -euo pipefail
 
 if (($# < 5)); then
-    sed -n '7,13p' "$0" >&2
+    sed -n '10,16p' "$0" >&2
     exit 2
 fi
 binary=$1 tag=$2 format=$3 rate=$4 seed=$5 batch=${6:-20}

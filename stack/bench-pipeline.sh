@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One whole-pipeline benchmark run: start the gateway, the three processors and the sink
-# from target/release with their own topics, database and consumer groups, offer open-loop
-# load with fieldforce-replay, sample every group's lag every 2 s until the sink has caught
-# up, then report the accepted-to-stored latency and the highest lag each group reached.
+# One whole-pipeline benchmark run. It starts the gateway, the three processors and the
+# sink from target/release with their own topics, database and consumer groups, and offers
+# open-loop load with fieldforce-replay. It samples every group's lag every 2 s until the
+# sink has caught up, then reports the accepted-to-stored latency and each group's highest
+# lag.
 # Needs the stack (`make up`) and `cargo build --release --workspace --bins`.
 #
 # usage: stack/bench-pipeline.sh TAG FORMAT RATE DURATION_S SEED [BATCH]
@@ -16,7 +17,7 @@
 set -euo pipefail
 
 if (($# < 5)); then
-    sed -n '8,15p' "$0" >&2
+    sed -n '9,16p' "$0" >&2
     exit 2
 fi
 tag=$1 format=$2 rate=$3 duration_s=$4 seed=$5 batch=${6:-20}
@@ -37,11 +38,11 @@ rm -f "$ledger" "$lag_log"
 
 "$bin/fieldforce-topics" apply >/dev/null
 pids=()
-stop_all() {
+stop_services() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
-trap stop_all EXIT
+trap stop_services EXIT
 # From the sink back to the gateway, so that every stage has its consumer before records
 # reach it.
 for service in sink quality geo validate gateway; do
@@ -82,15 +83,15 @@ kill "$lag_watch" 2>/dev/null || true
 
 echo "== highest lag per group while the load ran and drained (2 s samples)"
 awk '$1 ~ /^bench-/ && NF == 7 {
-        key = $1
-        sub(/^bench-[^.]*\./, "", key)
-        if ($6 + 0 > records[key]) records[key] = $6 + 0
-        if ($7 + 0 > seconds[key]) seconds[key] = $7 + 0
-        seen[key] = 1
+        group = $1
+        sub(/^bench-[^.]*\./, "", group)
+        if ($6 + 0 > records[group]) records[group] = $6 + 0
+        if ($7 + 0 > seconds[group]) seconds[group] = $7 + 0
+        seen[group] = 1
     }
-    END { for (key in seen) printf "%-24s %10d records %8.1f s\n", key, records[key], seconds[key] }' \
+    END { for (group in seen) printf "%-24s %10d records %8.1f s\n", group, records[group], seconds[group] }' \
     "$lag_log" | sort
 
-# The run's topics go, so that repeated runs do not fill the broker's disk.
+# The run's topics are deleted so that repeated runs do not fill the broker's disk.
 stack/bin/kafka-topics --bootstrap-server 127.0.0.1:9092 --delete --topic "bench-$tag\..*" \
     >/dev/null 2>&1 || true
