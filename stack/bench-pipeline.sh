@@ -37,6 +37,7 @@ lag_log=$out/pipeline-lag-$tag.txt
 rm -f "$ledger" "$lag_log"
 
 "$bin/fieldforce-topics" apply >/dev/null
+services=(sink quality geo validate gateway)
 pids=()
 stop_services() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -45,7 +46,7 @@ stop_services() {
 trap stop_services EXIT
 # From the sink back to the gateway, so that every stage has its consumer before records
 # reach it.
-for service in sink quality geo validate gateway; do
+for service in "${services[@]}"; do
     "$bin/fieldforce-$service" >"$out/pipeline-$service-$tag.log" 2>&1 &
     pids+=("$!")
 done
@@ -61,6 +62,29 @@ groups=(
     "--group" "bench-$tag.fieldforce-sink=bench-$tag.submissions.processed"
 )
 
+# Prints the CPU seconds (user plus system) each process has used, one "name seconds" line
+# each. Kafka, FerretDB and PostgreSQL belong to the stack, and PostgreSQL sums its processes.
+cpu_seconds() {
+    local index pid
+    for index in "${!services[@]}"; do
+        printf '%s %s\n' "${services[index]}" "$(process_cpu "${pids[index]}")"
+    done
+    printf 'kafka %s\n' "$(process_cpu "$(pgrep -f kafka.Kafka | head -1)")"
+    printf 'ferretdb %s\n' "$(process_cpu "$(pgrep -x ferretdb | head -1)")"
+    local total=0
+    for pid in $(pgrep -x postgres); do
+        total=$(awk -v a="$total" -v b="$(process_cpu "$pid")" 'BEGIN { print a + b }')
+    done
+    printf 'postgresql %s\n' "$total"
+}
+# Prints the CPU seconds of one process, 0 when it is gone.
+process_cpu() {
+    local ticks
+    ticks=$(getconf CLK_TCK)
+    awk -v ticks="$ticks" '{ sub(/^.*\) /, ""); print ($12 + $13) / ticks }' "/proc/$1/stat" 2>/dev/null ||
+        echo 0
+}
+
 # A short setup load registers the form and the geofences and lets every consumer group
 # join before the measured load starts.
 "$bin/fieldforce-replay" --ledger "$out/pipeline-setup-$tag.jsonl" load --rate 5 --duration-s 2 \
@@ -71,15 +95,43 @@ groups=(
 lag_watch=$!
 pids+=("$lag_watch")
 
+cpu_seconds >"$out/pipeline-cpu-start-$tag.txt"
+started=$(date +%s.%N)
 echo "== load: $format at $rate requests/s for $duration_s s"
-"$bin/fieldforce-replay" --ledger "$ledger" load --rate "$rate" --duration-s "$duration_s" \
+/usr/bin/time -f 'replay %U %S' -o "$out/pipeline-cpu-replay-$tag.txt" \
+    "$bin/fieldforce-replay" --ledger "$ledger" load --rate "$rate" --duration-s "$duration_s" \
     --format "$format" --batch-size "$batch" --bad-share 0 --no-setup --seed "$seed" \
     --geofences "$boundaries" 2>&1 | tail -5
+# The summary reads the whole collection on every poll. Waiting on the groups' committed
+# offsets first keeps those reads out of the measured time.
+for _ in $(seq 600); do
+    lag=$("$bin/fieldforce-lag" --interval-s 1 "${groups[@]}" 2>/dev/null |
+        awk '$1 ~ /^bench-/ && NF == 7 { total += $6 } END { print total + 0 }')
+    [[ $lag == 0 ]] && break
+done
+cpu_seconds >"$out/pipeline-cpu-end-$tag.txt"
+ended=$(date +%s.%N)
 echo "== summary"
 "$bin/fieldforce-replay" --ledger "$ledger" summary --wait-s 600 2>&1 |
     grep -E '^ *(accepted|stored|missing) ' || true
 sleep 4
 kill "$lag_watch" 2>/dev/null || true
+
+echo "== CPU from the start of the load until everything was stored"
+awk -v wall="$(awk -v a="$started" -v b="$ended" 'BEGIN { print b - a }')" '
+    FILENAME ~ /replay/ { used["replay"] = $2 + $3; order[++count] = "replay"; next }
+    FILENAME ~ /start/ { before[$1] = $2; next }
+    { used[$1] = $2 - before[$1]; order[++count] = $1 }
+    END {
+        printf "%-12s %8s %8s\n", "process", "CPU s", "cores"
+        for (index_ = 1; index_ <= count; index_++) {
+            name = order[index_]
+            total += used[name]
+            printf "%-12s %8.1f %8.2f\n", name, used[name], used[name] / wall
+        }
+        printf "%-12s %8.1f %8.2f  over %.1f s\n", "total", total, total / wall, wall
+    }' "$out/pipeline-cpu-start-$tag.txt" "$out/pipeline-cpu-end-$tag.txt" \
+    "$out/pipeline-cpu-replay-$tag.txt"
 
 echo "== highest lag per group while the load ran and drained (2 s samples)"
 awk '$1 ~ /^bench-/ && NF == 7 {
