@@ -66,6 +66,19 @@ async fn closed_port_endpoint() -> String {
     format!("http://{address}")
 }
 
+/// Posts an OpenRosa submission with one JPEG attachment to project `census`.
+async fn post_with_photo(gateway: &Gateway, xml: &str) -> support::Answer {
+    let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10, b'J', b'F', b'I', b'F'];
+    gateway
+        .post_openrosa(
+            "/v1/projects/census/submission",
+            Some(DEV_TOKEN),
+            xml,
+            &[("photo.jpg", &jpeg)],
+        )
+        .await
+}
+
 #[tokio::test]
 async fn openrosa_attachments_land_in_bucket() {
     let (config, prefix) = s3_config(&s3_endpoint());
@@ -160,16 +173,8 @@ async fn unreachable_bucket_answers_503_then_retry_succeeds() {
     let gateway = Gateway::start(config).await;
     let instance = new_id();
     let xml = fixture("household_survey.xml", &instance, "");
-    let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10, b'J', b'F', b'I', b'F'];
 
-    let answer = gateway
-        .post_openrosa(
-            "/v1/projects/census/submission",
-            Some(DEV_TOKEN),
-            &xml,
-            &[("fîlé_façade.jpg", &jpeg)],
-        )
-        .await;
+    let answer = post_with_photo(&gateway, &xml).await;
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert_eq!(
         answer.headers["retry-after"],
@@ -184,14 +189,7 @@ async fn unreachable_bucket_answers_503_then_retry_succeeds() {
     // The client's retry, once the bucket is reachable, is a new submission, not a resend.
     config.gateway.s3_endpoint = s3_endpoint();
     let gateway = Gateway::start(config).await;
-    let retry = gateway
-        .post_openrosa(
-            "/v1/projects/census/submission",
-            Some(DEV_TOKEN),
-            &xml,
-            &[("fîlé_façade.jpg", &jpeg)],
-        )
-        .await;
+    let retry = post_with_photo(&gateway, &xml).await;
     assert_eq!(retry.status, 201, "{}", retry.body);
     let records = read_records(&gateway.config, &gateway.topic(SUBMISSIONS_RAW), 1, QUIET).await;
     assert_eq!(records.len(), 1, "{records:?}");
