@@ -199,3 +199,29 @@ async fn unreachable_bucket_answers_503_then_retry_succeeds() {
     assert!(uri.starts_with("s3://"), "{uri}");
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn silent_server_fails_put_after_timeout() {
+    // The listener takes connections into its backlog but never reads or replies, like a hung
+    // service behind a load balancer.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (mut config, prefix) = s3_config(&format!("http://{}", silent.local_addr().unwrap()));
+    config.gateway.s3_timeout_ms = 1_000;
+    let url = S3BlobUrl::parse_optional(&config.gateway.blob_url)
+        .unwrap()
+        .unwrap();
+    let store = S3BlobStore::new(&url, &config.gateway).unwrap();
+    let content = Bytes::from_static(b"never confirmed");
+    let sha256 = hex::encode(Sha256::digest(&content));
+
+    let error = store
+        .put("demo", "uuid:hung", "photo.jpg", &sha256, content)
+        .await
+        .unwrap_err();
+    assert_eq!(error.name, "photo.jpg");
+    assert_eq!(
+        error.location,
+        format!("s3://{BUCKET}/{prefix}/demo/uuid%3Ahung/{sha256}")
+    );
+    drop(silent);
+}
