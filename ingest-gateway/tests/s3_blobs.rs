@@ -202,8 +202,8 @@ async fn unreachable_bucket_answers_503_then_retry_succeeds() {
 
 #[tokio::test]
 async fn silent_server_fails_put_after_timeout() {
-    // The listener takes connections into its backlog but never reads or replies, like a hung
-    // service behind a load balancer.
+    // The listener takes connections into its backlog but never reads or replies, like a
+    // hung service behind a load balancer.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (mut config, prefix) = s3_config(&format!("http://{}", silent.local_addr().unwrap()));
     config.gateway.s3_timeout_ms = 1_000;

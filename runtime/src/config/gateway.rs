@@ -35,9 +35,9 @@ pub struct GatewayConfig {
     /// Folder of the local blob store that keeps attachments, created when missing. Unused
     /// while `blob_url` names an S3 bucket. Default `data/blobs`.
     pub blob_dir: String,
-    /// Location of the attachment store: empty keeps attachments in the local folder `blob_dir`, and
-    /// `s3://bucket/prefix` puts them in that bucket of an S3-compatible service, under the
-    /// optional key prefix. Default empty.
+    /// Location of the attachment store: empty keeps attachments in the local folder
+    /// `blob_dir`, and `s3://bucket/prefix` puts them in that bucket of an S3-compatible
+    /// service, under the optional key prefix. Default empty.
     pub blob_url: String,
     /// Base URL of the S3-compatible service, such as `http://127.0.0.1:9000`, used while
     /// `blob_url` is an `s3://` URL. An `http://` URL sends attachments and signed requests
