@@ -1,7 +1,8 @@
 # Entry points for the local stack and the test suite.
 #
 # The stack (Kafka in KRaft mode on 127.0.0.1:9092, FerretDB on
-# 127.0.0.1:27017) is installed and run by stack/stack.sh under .stack/.
+# 127.0.0.1:27017, an S3-compatible server on 127.0.0.1:9000) is installed
+# and run by stack/stack.sh under .stack/.
 # FIELDFORCE_STORE_BACKEND=sqlite|postgresql picks FerretDB's backend.
 
 CARGO ?= cargo
@@ -13,7 +14,7 @@ STACK := stack/stack.sh
 
 .PHONY: up down status logs clean-stack test lint demo
 
-## up: install what is missing, start Kafka and FerretDB, wait until both answer, and
+## up: install what is missing, start Kafka, FerretDB and the S3 server, wait until they answer, and
 ## create the topics of the catalog (kafka/topics.toml) that are missing
 up:
 	@$(STACK) up

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs, starts and stops the local stack: one KRaft Kafka node and FerretDB
-# on SQLite or PostgreSQL, all under .stack/ in this checkout.
+# Installs, starts and stops the local stack: one KRaft Kafka node, FerretDB
+# on SQLite or PostgreSQL and an S3-compatible server, all under .stack/ in
+# this checkout.
 #
 # Usage: stack/stack.sh up|down|status|logs|clean
 # FIELDFORCE_STORE_BACKEND=sqlite|postgresql picks FerretDB's backend; the
@@ -16,6 +17,8 @@ source "$lib_dir/kafka.sh"
 source "$lib_dir/postgres.sh"
 # shellcheck source=lib/ferretdb.sh
 source "$lib_dir/ferretdb.sh"
+# shellcheck source=lib/s3.sh
+source "$lib_dir/s3.sh"
 # shellcheck source=lib/services.sh
 source "$lib_dir/services.sh"
 # shellcheck source=lib/chromium.sh
@@ -27,6 +30,7 @@ print_logs() {
     say "  Kafka stdout:    $KAFKA_STDOUT_LOG"
     say "  FerretDB:        $FERRETDB_LOG"
     say "  PostgreSQL:      $POSTGRES_LOG"
+    say "  S3 server:       $S3_LOG"
 }
 
 stack_up() {
@@ -38,6 +42,7 @@ stack_up() {
     chromium_install
     kafka_up
     ferretdb_up
+    s3_up
     print_logs
 }
 
@@ -45,6 +50,7 @@ stack_down() {
     # The demo's services go first, while Kafka and the store can still take their last
     # commits and writes.
     services_down
+    s3_down
     # Stop FerretDB before PostgreSQL, so that it does not lose its backend
     # while it still serves requests.
     ferretdb_down
@@ -58,6 +64,7 @@ stack_status() {
     kafka_status
     ferretdb_status
     postgres_status
+    s3_status
 }
 
 # Removes data, logs, generated config and run state, but keeps the

@@ -1,37 +1,81 @@
 //! The blob store that keeps attachments, written before the record that refers to them is
 //! produced, and content-type sniffing from magic bytes.
 //!
-//! The local store lays files out as `<blob_dir>/<org>/<submission id>/<sha256>`, with the
-//! organisation and id percent-escaped. The client's file name (any UTF-8: accents, emoji,
-//! Arabic) lives only in the attachment metadata, so no file system encoding question arises
-//! and two attachments with the same content share one file.
+//! Both stores lay blobs out as `<org>/<submission id>/<sha256>`, with the organisation and
+//! id percent-escaped: under `<blob_dir>` for the local folder, under the key prefix of the
+//! bucket for S3 ([`s3`]). The client's file name (any UTF-8: accents, emoji, Arabic) lives
+//! only in the attachment metadata, so no file system or key encoding question arises and two
+//! attachments with the same content share one blob.
+
+mod s3;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use fieldforce_runtime::config::{GatewayConfig, S3BlobUrl};
 use fieldforce_schemas::submission::Attachment;
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
+pub use s3::S3BlobStore;
+
 /// A blob store write that failed; the request gets 503 and the client retries.
 #[derive(Debug, thiserror::Error)]
-#[error("writing attachment {name:?} to {path} failed: {source}")]
+#[error("writing attachment {name:?} to {location} failed: {source}")]
 pub struct BlobError {
     /// Attachment name.
     pub name: String,
-    /// Path the store tried to write.
-    pub path: String,
-    /// The IO failure.
-    pub source: std::io::Error,
+    /// Path or URI the store tried to write.
+    pub location: String,
+    /// The cause.
+    pub source: BlobWriteError,
+}
+
+/// The cause of a failed blob write. Every cause is worth a retry by the client.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobWriteError {
+    /// The local file system failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The S3-compatible service rejected the write, or could not be reached.
+    #[error(transparent)]
+    ObjectStore(#[from] object_store::Error),
+    /// The S3-compatible service did not confirm the write in time, retries included.
+    #[error("no confirmation within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// A blob store that could not be set up from the configuration; the gateway does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobConfigError {
+    /// The local folder could not be resolved.
+    #[error("resolving gateway.blob_dir failed: {0}")]
+    BlobDir(std::io::Error),
+    /// `gateway.blob_url` is not a valid `s3://` URL.
+    #[error("gateway.blob_url: {0}")]
+    BlobUrl(String),
+    /// The S3 client could not be built from the `gateway.s3_*` settings.
+    #[error("configuring the s3 blob store failed: {0}")]
+    S3(#[from] object_store::Error),
+}
+
+/// Opens the store the configuration selects: S3 when `blob_url` is an `s3://` URL, else the
+/// local folder `blob_dir`.
+pub fn open(gateway: &GatewayConfig) -> Result<Arc<dyn BlobStore>, BlobConfigError> {
+    match S3BlobUrl::parse_optional(&gateway.blob_url).map_err(BlobConfigError::BlobUrl)? {
+        Some(url) => Ok(Arc::new(S3BlobStore::new(&url, gateway)?)),
+        None => Ok(Arc::new(
+            LocalBlobStore::new(&gateway.blob_dir).map_err(BlobConfigError::BlobDir)?,
+        )),
+    }
 }
 
 /// Storage for attachments.
-///
-/// NOTE: only the local folder implementation exists. S3-compatible storage would be a
-/// second implementation of this trait (the `object_store` crate's `AmazonS3` behind the
-/// same `put`), selected by a `blob_url` setting.
 pub trait BlobStore: Send + Sync {
-    /// Stores the content durably and returns its URI.
+    /// Stores the content durably and returns its URI. Storing the same content under the
+    /// same organisation and submission again succeeds and returns the same URI.
     fn put<'a>(
         &'a self,
         org_id: &'a str,
@@ -81,10 +125,10 @@ impl BlobStore for LocalBlobStore {
     ) -> BoxFuture<'a, Result<String, BlobError>> {
         Box::pin(async move {
             let path = self.path_of(org_id, submission_id, sha256);
-            let error = |source| BlobError {
+            let error = |source: std::io::Error| BlobError {
                 name: name.to_owned(),
-                path: path.display().to_string(),
-                source,
+                location: path.display().to_string(),
+                source: source.into(),
             };
             if tokio::fs::try_exists(&path).await.map_err(error)? {
                 return Ok(file_uri(&path));
@@ -113,7 +157,7 @@ fn file_uri(path: &Path) -> String {
 }
 
 /// Percent-escapes every byte outside `[A-Za-z0-9_-]`, so an id like `uuid:…` or `../x`
-/// becomes one safe path segment.
+/// becomes one safe path segment or object key segment.
 pub fn escape_path_segment(segment: &str) -> String {
     let mut escaped = String::with_capacity(segment.len());
     for byte in segment.bytes() {

@@ -16,7 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
-use crate::blob::LocalBlobStore;
+use crate::blob::{self, BlobConfigError};
 use crate::index::{IndexSettings, IndexStore, MongoIndexStore, SubmissionIndex};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
@@ -40,9 +40,9 @@ pub enum StartError {
     /// The MongoDB connection string is invalid.
     #[error("configuring the mongodb client failed: {0}")]
     Mongo(#[from] mongodb::error::Error),
-    /// The blob folder could not be resolved.
-    #[error("resolving gateway.blob_dir failed: {0}")]
-    BlobDir(std::io::Error),
+    /// The blob store could not be set up.
+    #[error(transparent)]
+    BlobStore(#[from] BlobConfigError),
 }
 
 /// Serves the gateway on `listener` until `shutdown` triggers, then drains and flushes.
@@ -63,7 +63,7 @@ pub async fn run(
         database.collection(&config.gateway.index_collection),
     ));
     let index = SubmissionIndex::new(Some(index_store), &IndexSettings::from_config(gateway));
-    let blobs = Arc::new(LocalBlobStore::new(&gateway.blob_dir).map_err(StartError::BlobDir)?);
+    let blobs = blob::open(gateway)?;
     let state = Arc::new(AppState {
         config: gateway.clone(),
         auth: Authenticator::new(gateway, address.ip().is_loopback()),

@@ -29,6 +29,12 @@ KAFKA_BOOTSTRAP=$KAFKA_HOST:$KAFKA_PORT
 FERRETDB_HOST=127.0.0.1
 FERRETDB_PORT=27017
 
+# The S3-compatible server that the gateway's S3 blob store is tested against,
+# with the one bucket it creates at start.
+S3_HOST=127.0.0.1
+S3_PORT=9000
+S3_BUCKET=fieldforce
+
 # 5433, not 5432, so the project's cluster never collides with a system one.
 POSTGRES_HOST=127.0.0.1
 POSTGRES_PORT=5433
@@ -38,6 +44,7 @@ POSTGRES_DB=ferretdb
 # Seconds to wait, after a start, for a service to respond to a protocol request.
 KAFKA_READY_TIMEOUT_SECONDS=${KAFKA_READY_TIMEOUT_SECONDS:-90}
 FERRETDB_READY_TIMEOUT_SECONDS=${FERRETDB_READY_TIMEOUT_SECONDS:-30}
+S3_READY_TIMEOUT_SECONDS=${S3_READY_TIMEOUT_SECONDS:-30}
 # Seconds between SIGTERM and SIGKILL when stopping a service.
 STOP_TIMEOUT_SECONDS=${STOP_TIMEOUT_SECONDS:-30}
 

@@ -32,9 +32,37 @@ pub struct GatewayConfig {
     /// How long shutdown waits for in-flight requests before it closes them, in
     /// milliseconds. Default 20000.
     pub shutdown_timeout_ms: u64,
-    /// Folder of the local blob store that keeps attachments, created when missing.
-    /// Default `data/blobs`.
+    /// Folder of the local blob store that keeps attachments, created when missing. Unused
+    /// while `blob_url` names an S3 bucket. Default `data/blobs`.
     pub blob_dir: String,
+    /// Location of the attachment store: empty keeps attachments in the local folder
+    /// `blob_dir`, and `s3://bucket/prefix` puts them in that bucket of an S3-compatible
+    /// service, under the optional key prefix. Default empty.
+    pub blob_url: String,
+    /// Base URL of the S3-compatible service, such as `http://127.0.0.1:9000`, used while
+    /// `blob_url` is an `s3://` URL. An `http://` URL sends attachments and signed requests
+    /// unencrypted, so keep it to loopback or a private network. Empty takes
+    /// `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT` from the environment, else
+    /// the AWS S3 endpoint of `s3_region`. Default empty.
+    pub s3_endpoint: String,
+    /// Region that S3 requests are signed for, which also picks the AWS endpoint when
+    /// `s3_endpoint` is empty. Empty takes `AWS_REGION` or `AWS_DEFAULT_REGION` from the
+    /// environment, else `us-east-1`. Default empty.
+    pub s3_region: String,
+    /// Whether S3 requests name the bucket in the URL path (`endpoint/bucket/key`), as most
+    /// self-hosted S3-compatible servers expect, instead of in the host name
+    /// (`bucket.endpoint/key`, virtual-hosted style). Default true.
+    pub s3_path_style: bool,
+    /// Access key id for S3; set it together with `s3_secret_access_key`. Empty takes
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` from the
+    /// environment, else web identity, container or EC2 instance credentials. Default empty.
+    pub s3_access_key_id: String,
+    /// Secret access key that belongs to `s3_access_key_id`. Prefer the environment
+    /// (`FIELDFORCE_GATEWAY__S3_SECRET_ACCESS_KEY`) to a file. Default empty.
+    pub s3_secret_access_key: String,
+    /// How long storing one attachment in S3 may take, retries included, before the request
+    /// fails with 503, in milliseconds. Default 10000.
+    pub s3_timeout_ms: u64,
     /// Project used by `/submission` and by JSON submissions that name none.
     /// Default `default`.
     pub default_project: String,
@@ -85,6 +113,61 @@ pub struct GatewayToken {
     pub user: String,
 }
 
+/// The bucket and key prefix of an `s3://bucket/prefix` blob URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3BlobUrl {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/`; empty when objects go to the bucket root.
+    pub prefix: String,
+}
+
+impl S3BlobUrl {
+    /// Parses `s3://bucket` or `s3://bucket/prefix`; an empty URL means no S3 store.
+    pub fn parse_optional(url: &str) -> Result<Option<Self>, String> {
+        if url.is_empty() {
+            return Ok(None);
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(format!(
+                "{url:?} is not an s3://bucket/prefix URL: leave it empty to keep attachments in gateway.blob_dir"
+            ));
+        };
+
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("{url:?} is missing the bucket name"));
+        }
+        if bucket.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "bucket {bucket:?} contains whitespace or control characters"
+            ));
+        }
+
+        let prefix = prefix.trim_matches('/');
+        // Object stores treat `a//b`, `.` and `..` inconsistently, so only plain segments
+        // are accepted.
+        let bad_segment = prefix.split('/').find(|segment| {
+            segment.is_empty()
+                || *segment == "."
+                || *segment == ".."
+                || segment.chars().any(char::is_control)
+        });
+        if !prefix.is_empty()
+            && let Some(segment) = bad_segment
+        {
+            return Err(format!(
+                "key prefix {prefix:?} contains an invalid segment {segment:?}: use non-empty names other than . and .."
+            ));
+        }
+
+        Ok(Some(Self {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        }))
+    }
+}
+
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
@@ -99,6 +182,13 @@ impl Default for GatewayConfig {
             retry_after_s: 30,
             shutdown_timeout_ms: 20_000,
             blob_dir: "data/blobs".to_owned(),
+            blob_url: String::new(),
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
+            s3_path_style: true,
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: String::new(),
+            s3_timeout_ms: 10_000,
             default_project: "default".to_owned(),
             index_cache_entries: 100_000,
             index_collection: "submission_index".to_owned(),
@@ -135,6 +225,7 @@ impl GatewayConfig {
             ("index_timeout_ms", self.index_timeout_ms),
             ("index_filter_keys", self.index_filter_keys),
             ("index_refresh_ms", self.index_refresh_ms),
+            ("s3_timeout_ms", self.s3_timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -149,6 +240,24 @@ impl GatewayConfig {
         }
         if self.blob_dir.trim().is_empty() {
             problems.push("gateway.blob_dir is empty: set a folder for attachments".into());
+        }
+        if let Err(problem) = S3BlobUrl::parse_optional(&self.blob_url) {
+            problems.push(format!("gateway.blob_url: {problem}"));
+        }
+        let endpoint = &self.s3_endpoint;
+        if !(endpoint.is_empty()
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://"))
+        {
+            problems.push(format!(
+                "gateway.s3_endpoint {endpoint:?} must start with http:// or https://"
+            ));
+        }
+        if self.s3_access_key_id.is_empty() != self.s3_secret_access_key.is_empty() {
+            problems.push(
+                "gateway.s3_access_key_id and gateway.s3_secret_access_key must be set together"
+                    .into(),
+            );
         }
         if self.default_project.trim().is_empty() {
             problems.push("gateway.default_project is empty".into());
@@ -193,6 +302,45 @@ mod tests {
             projects: Vec::new(),
             user: String::new(),
         });
+        let mut problems = Vec::new();
+        config.validate(&mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn s3_blob_url_splits_bucket_and_prefix() {
+        let parsed = |url: &str| S3BlobUrl::parse_optional(url).unwrap().unwrap();
+        assert_eq!(S3BlobUrl::parse_optional("").unwrap(), None);
+        assert_eq!(parsed("s3://field").bucket, "field");
+        assert_eq!(parsed("s3://field").prefix, "");
+        assert_eq!(parsed("s3://field/").prefix, "");
+        assert_eq!(parsed("s3://field/a/b/").prefix, "a/b");
+        assert_eq!(parsed("s3://field/attachments").bucket, "field");
+    }
+
+    #[test]
+    fn s3_blob_url_rejects_malformed_urls() {
+        for url in [
+            "field",
+            "https://field/x",
+            "s3://",
+            "s3:///x",
+            "s3://my bucket/x",
+            "s3://field/a//b",
+            "s3://field/a/../b",
+        ] {
+            assert!(S3BlobUrl::parse_optional(url).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn gateway_rejects_half_s3_credentials_and_bad_endpoint() {
+        let config = GatewayConfig {
+            blob_url: "s3://field".into(),
+            s3_endpoint: "127.0.0.1:9000".into(),
+            s3_access_key_id: "key".into(),
+            ..GatewayConfig::default()
+        };
         let mut problems = Vec::new();
         config.validate(&mut problems);
         assert_eq!(problems.len(), 2, "{problems:?}");

@@ -30,7 +30,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use analytics::AnalyticsConfig;
-pub use gateway::{GatewayConfig, GatewayToken};
+pub use gateway::{GatewayConfig, GatewayToken, S3BlobUrl};
 pub use kafka::KafkaConfig;
 pub use mongodb::MongoConfig;
 pub use ops::OpsConfig;
