@@ -16,7 +16,8 @@
 //! stored submissions, which the sink does within its time.
 //!
 //! The sink's resident memory is the VmRSS of its process, sampled every 50 ms while it
-//! drains, plus its VmHWM (peak) at the end.
+//! drains. Before the sink stops, its `/metrics` give the time spent in bulk writes, so the
+//! report shows how much of the sink's run the store was busy with its writes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,7 +43,7 @@ use crate::{fresh_database, median, sample_documents, sample_submission};
 /// How often the sink's committed offsets and memory are sampled.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Longest a sink run may take before the benchmark gives up.
+/// Maximum duration of a sink run before the benchmark gives up.
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Timeout of one broker request made by the benchmark itself.
@@ -86,7 +87,6 @@ impl Timing {
 /// VmRSS of the sink process, in KiB, sampled while it drained.
 struct Memory {
     samples: Vec<u64>,
-    peak_kib: u64,
 }
 
 impl Memory {
@@ -97,14 +97,13 @@ impl Memory {
         sorted.sort_unstable();
         format!(
             "VmRSS while draining {}..{} KiB (median {} KiB, {} samples; max {} KiB in the \
-             first quarter, {} KiB in the last), VmHWM {} KiB",
+             first quarter, {} KiB in the last)",
             sorted.first().copied().unwrap_or(0),
             sorted.last().copied().unwrap_or(0),
             sorted.get(sorted.len() / 2).copied().unwrap_or(0),
             sorted.len(),
             max(&self.samples[..quarter.min(self.samples.len())]),
             max(&self.samples[self.samples.len().saturating_sub(quarter)..]),
-            self.peak_kib,
         )
     }
 }
@@ -134,9 +133,17 @@ pub async fn compare(
         let mut raw = None;
         for sink_turn in [sink_first, !sink_first] {
             if sink_turn {
-                let (timing, memory) = run_sink(&binary, &config, documents).await?;
+                let (timing, memory, writes) = run_sink(&binary, &config, documents).await?;
                 println!("round {round} sink: {}", timing.describe());
                 println!("round {round} sink: {}", memory.describe());
+                println!(
+                    "round {round} sink: {} bulk writes took {:.2} s, {:.0} % of the cold run; \
+                     the sink process used {:.2} s of CPU",
+                    writes.count,
+                    writes.seconds,
+                    100.0 * writes.seconds / timing.cold.as_secs_f64(),
+                    writes.cpu_seconds,
+                );
                 client.database(&config.mongodb.database).drop().await?;
                 sink = Some(timing);
             } else {
@@ -232,22 +239,39 @@ async fn produce_backlog(config: &Config, documents: usize) -> anyhow::Result<()
     Ok(())
 }
 
+/// Bulk writes of a sink run, from its `fieldforce_sink_write_duration_seconds` histogram,
+/// and the CPU time of the sink process.
+struct Writes {
+    count: u64,
+    seconds: f64,
+    cpu_seconds: f64,
+}
+
 /// Starts the sink binary on the backlog and waits until its group committed every offset.
 async fn run_sink(
     binary: &Path,
     config: &Config,
     documents: usize,
-) -> anyhow::Result<(Timing, Memory)> {
+) -> anyhow::Result<(Timing, Memory, Writes)> {
     let topic = config.kafka.topic(SUBMISSIONS_PROCESSED);
     let offsets: BaseConsumer = base_config(&config.kafka)
         .set("group.id", fieldforce_sink_mongodb::group_id(config))
         .create()?;
     let partitions = partition_count(&offsets, &topic)?;
 
+    let admin_address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+
     let started = Instant::now();
     let mut child = Command::new(binary)
+        .env(
+            "FIELDFORCE_SINK__ADMIN_LISTEN_ADDR",
+            admin_address.to_string(),
+        )
         .env("FIELDFORCE_KAFKA__TOPIC_PREFIX", &config.kafka.topic_prefix)
-        .env("FIELDFORCE_SINK__GROUP_ID_PREFIX", &config.sink.group_id_prefix)
+        .env(
+            "FIELDFORCE_SINK__GROUP_ID_PREFIX",
+            &config.sink.group_id_prefix,
+        )
         .env("FIELDFORCE_MONGODB__URI", &config.mongodb.uri)
         .env("FIELDFORCE_MONGODB__DATABASE", &config.mongodb.database)
         .env("RUST_LOG", "warn")
@@ -271,8 +295,13 @@ async fn run_sink(
             bail!("sink did not commit {documents} records within {RUN_TIMEOUT:?}");
         }
     };
-    let peak_kib = status_kib(child.id(), "VmHWM:");
+    let writes = scrape_writes(admin_address).await;
+    let cpu_seconds = cpu_seconds(child.id());
     stop(&mut child)?;
+    let writes = Writes {
+        cpu_seconds,
+        ..writes?
+    };
 
     let stored = count_stored(config).await?;
     if stored != documents {
@@ -289,7 +318,6 @@ async fn run_sink(
             .filter(|(at, _)| *at >= first_acknowledged)
             .map(|(_, kib)| kib)
             .collect(),
-        peak_kib,
     };
     Ok((
         Timing {
@@ -299,7 +327,57 @@ async fn run_sink(
             cold,
         },
         memory,
+        writes,
     ))
+}
+
+/// Reads the bulk-write histogram's count and sum from the sink's `/metrics`.
+async fn scrape_writes(address: std::net::SocketAddr) -> anyhow::Result<Writes> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let value = |name: &str| {
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .with_context(|| format!("{name} missing from the sink's /metrics"))
+    };
+    Ok(Writes {
+        count: value("fieldforce_sink_write_duration_seconds_count")? as u64,
+        seconds: value("fieldforce_sink_write_duration_seconds_sum")?,
+        cpu_seconds: 0.0,
+    })
+}
+
+/// Returns the user and system CPU time of a process so far, from `/proc/PID/stat`, in
+/// seconds; 0 when it cannot be read.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name in brackets may contain spaces, so fields are counted after it:
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let Some((_, after_name)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|times| {
+            times
+                .iter()
+                .filter_map(|time| time.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    // Linux reports these in clock ticks of USER_HZ, which is 100 on every common build.
+    ticks as f64 / 100.0
 }
 
 /// Stops the sink with SIGTERM, as an orchestrator would, and waits for it to exit.
@@ -415,7 +493,10 @@ async fn delete_topics(config: &Config) -> anyhow::Result<()> {
         .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     for result in admin
-        .delete_topics(&names, &AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT)))
+        .delete_topics(
+            &names,
+            &AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT)),
+        )
         .await?
     {
         if let Err((topic, code)) = result {
