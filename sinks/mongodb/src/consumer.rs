@@ -108,12 +108,24 @@ pub fn commit_sync<C: Consumer<SinkContext>>(consumer: &C, when: &'static str) {
     }
 }
 
-/// Completes the tickets of durable records and stores the offsets that moved, for the
-/// background auto-commit to send.
+/// Commits the stored offsets without waiting for the broker; the commit callback counts a
+/// failure.
+pub fn commit_async<C: Consumer<SinkContext>>(consumer: &C) {
+    match consumer.commit_consumer_state(CommitMode::Async) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => {
+            consumer.context().metrics.commit_failures.inc();
+            tracing::warn!(%error, "offset commit failed");
+        }
+    }
+}
+
+/// Completes the tickets of durable records and stores the offsets that moved. Returns
+/// whether any offset was stored.
 pub fn complete<'a, C: Consumer<SinkContext>>(
     consumer: &C,
     tickets: impl IntoIterator<Item = &'a Ticket>,
-) {
+) -> bool {
     let mut moved: Vec<(TopicPartition, i64)> = Vec::new();
     {
         let mut tracker = consumer.context().tracker();
@@ -130,7 +142,7 @@ pub fn complete<'a, C: Consumer<SinkContext>>(
         }
     }
     if moved.is_empty() {
-        return;
+        return false;
     }
 
     let mut list = TopicPartitionList::with_capacity(moved.len());
@@ -144,5 +156,7 @@ pub fn complete<'a, C: Consumer<SinkContext>>(
     if let Err(error) = consumer.store_offsets(&list) {
         // The partition was revoked meanwhile; its new owner resumes from the last commit.
         tracing::debug!(%error, "storing offsets failed");
+        return false;
     }
+    true
 }

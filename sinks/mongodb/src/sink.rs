@@ -2,10 +2,18 @@
 //! write each batch, dead-letter what can never be stored, and store offsets only for records
 //! whose output is durable.
 //!
+//! A batch's bulk write runs in its own task while the loop decodes and builds the next
+//! batch, so that the sink's own work overlaps the store's. One write is in flight at a time,
+//! which keeps each partition's batches in order and bounds memory to two batches besides
+//! librdkafka's prefetch queue: once the next batch is full, the loop stops reading until the
+//! write in flight returns. The next batch's write starts before the finished batch's events
+//! are published.
+//!
 //! A transient failure pauses the assigned partitions and retries the same batch with capped
 //! exponential backoff; the consumer keeps polling meanwhile so that the group does not evict
 //! it. No ticket is completed, and so no offset moves, before the store acknowledged the
-//! batch (or Kafka acknowledged the dead-letter).
+//! batch (or Kafka acknowledged the dead-letter). The offsets a batch moved are committed as
+//! soon as it settles, rather than at the next auto-commit.
 //!
 //! After the store acknowledged a batch, the sink produces one [`SubmissionStored`] event per
 //! stored submission to the stored-submissions topic, and a record's ticket completes only
@@ -37,14 +45,15 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Span;
 
-use crate::consumer::{SinkContext, complete};
+use crate::consumer::{SinkContext, commit_async, complete};
 use crate::document::{StoredDocument, to_document};
 use crate::error::{REASON_INVALID_DOCUMENT, REASON_REJECTED_BY_STORE, REASON_UNDECODABLE};
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::store::{COLLECTION, DocumentOutcome, Store};
+use crate::store::{COLLECTION, DocumentOutcome, Store, StoreError};
 
 /// Stage name written on the sink's dead-letters.
 const STAGE: &str = "sink";
@@ -62,10 +71,10 @@ pub(crate) struct OutputTopics {
     pub(crate) stored: String,
 }
 
-/// A record read and converted, waiting for its batch to be written.
+/// A record read and converted, waiting for its batch to be written. Its document is in
+/// the batch's `documents`, at the same index.
 struct Pending {
     ticket: Ticket,
-    document: StoredDocument,
     /// The event announced once the document is stored; `stored_at_ms` is set then.
     event: SubmissionStored,
     /// Kept for a dead-letter if the store rejects the document.
@@ -77,10 +86,25 @@ struct Pending {
 #[derive(Default)]
 struct Batch {
     entries: Vec<Pending>,
+    /// The documents of `entries`, apart so that the write task can own them without a copy.
+    documents: Vec<StoredDocument>,
     bytes: usize,
     /// When the batch must be written even if it is not full.
     deadline: Option<Instant>,
 }
+
+/// A batch whose bulk write runs in its own task. The task owns the documents and returns
+/// them with the result, for a retry.
+struct InFlight {
+    batch: Batch,
+    write: JoinHandle<WriteOutput>,
+}
+
+/// What a write task returns: the batch's documents, for a retry, and the result of the write.
+type WriteOutput = (
+    Vec<StoredDocument>,
+    Result<Vec<DocumentOutcome>, StoreError>,
+);
 
 /// Why a batch was left unwritten.
 enum Abandoned {
@@ -100,6 +124,7 @@ pub struct SinkLoop {
     pub(crate) topics: OutputTopics,
     pub(crate) shutdown: Shutdown,
     batch: Batch,
+    in_flight: Option<InFlight>,
     paused: bool,
 }
 
@@ -123,27 +148,35 @@ impl SinkLoop {
             topics,
             shutdown,
             batch: Batch::default(),
+            in_flight: None,
             paused: false,
         }
     }
 
-    /// Runs until shutdown, then writes the open batch within the drain deadline and commits.
+    /// Runs until shutdown, then finishes the write in flight and writes the open batch within
+    /// the drain deadline, and commits.
     pub async fn run(mut self) {
         let mut shutdown = self.shutdown.clone();
         loop {
-            let linger = self.batch.deadline;
+            // A batch that lingered out waits for the write in flight, like a full one.
+            let linger = match self.in_flight {
+                Some(_) => None,
+                None => self.batch.deadline,
+            };
+            let read = self.in_flight.is_none() || !self.batch_full();
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => break,
-                _ = sleep_until_some(linger) => {
-                    if let Err(Abandoned::Shutdown | Abandoned::Deadline) = self.flush(None).await {
+                written = join_write(&mut self.in_flight) => {
+                    if self.finish_write(written, None).await.is_err() {
                         break;
                     }
                 }
-                message = self.consumer.recv() => {
+                _ = sleep_until_some(linger) => self.start_write(),
+                message = self.consumer.recv(), if read => {
                     self.accept(message.map(|message| message.detach())).await;
-                    if self.batch_full() && self.flush(None).await.is_err() {
-                        break;
+                    if self.batch_full() && self.in_flight.is_none() {
+                        self.start_write();
                     }
                 }
             }
@@ -151,7 +184,21 @@ impl SinkLoop {
 
         let drain_deadline =
             Instant::now() + Duration::from_millis(self.config.shutdown_drain_timeout_ms);
-        if !self.batch.entries.is_empty() && self.flush(Some(drain_deadline)).await.is_err() {
+        let mut abandoned = false;
+        if self.in_flight.is_some() {
+            let written = join_write(&mut self.in_flight).await;
+            abandoned = self
+                .finish_write(written, Some(drain_deadline))
+                .await
+                .is_err();
+        }
+        if !abandoned
+            && !self.batch.entries.is_empty()
+            && self.flush(Some(drain_deadline)).await.is_err()
+        {
+            abandoned = true;
+        }
+        if abandoned {
             tracing::warn!(
                 documents = self.batch.entries.len(),
                 "open batch not written before the drain deadline, it will be read again"
@@ -216,44 +263,92 @@ impl SinkLoop {
                 Some(Instant::now() + Duration::from_millis(self.config.batch_linger_ms));
         }
         self.batch.bytes += document.size_bytes();
+        self.batch.documents.push(document);
         self.batch.entries.push(Pending {
             ticket,
-            document,
             event: SubmissionStored::from_processed(&processed, 0),
             message,
             span,
         });
     }
 
-    /// Writes the open batch, retrying transient failures until it is written, shutdown
-    /// starts (when `deadline` is `None`) or the deadline passes. An abandoned batch is put
-    /// back as the open batch, so the drain can try it once more.
+    /// Starts the bulk write of the open batch in its own task. The caller makes sure that no
+    /// other write is in flight.
+    fn start_write(&mut self) {
+        let mut batch = std::mem::take(&mut self.batch);
+        let documents = std::mem::take(&mut batch.documents);
+        self.metrics.batch_documents.observe(documents.len() as f64);
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        let write = tokio::spawn(async move {
+            let result = timed_write(&store, &metrics, &documents).await;
+            (documents, result)
+        });
+        self.in_flight = Some(InFlight { batch, write });
+    }
+
+    /// Settles a batch whose write task returned, or retries it as [`Self::retry`] does when
+    /// the write failed. Outside the drain (`deadline` is `None`) the next batch's write
+    /// starts first when that batch is due, so that the store works while events go out.
+    async fn finish_write(
+        &mut self,
+        (mut batch, documents, result): Written,
+        deadline: Option<Instant>,
+    ) -> Result<(), Abandoned> {
+        batch.documents = documents;
+        let outcomes = match result {
+            Ok(outcomes) => outcomes,
+            Err(error) => return self.retry(batch, error, deadline).await,
+        };
+        if deadline.is_none() && self.batch_due() {
+            self.start_write();
+        }
+        self.settle(batch, outcomes).await;
+        self.resume();
+        Ok(())
+    }
+
+    /// Returns whether the open batch is full or its linger time has passed.
+    fn batch_due(&self) -> bool {
+        self.batch_full()
+            || self
+                .batch
+                .deadline
+                .is_some_and(|deadline| deadline <= Instant::now())
+    }
+
+    /// Writes the open batch in place, retrying as [`Self::retry`] does.
     async fn flush(&mut self, deadline: Option<Instant>) -> Result<(), Abandoned> {
         let batch = std::mem::take(&mut self.batch);
-        let documents: Vec<StoredDocument> = batch
-            .entries
-            .iter()
-            .map(|entry| entry.document.clone())
-            .collect();
-        self.metrics.batch_documents.observe(documents.len() as f64);
+        self.metrics
+            .batch_documents
+            .observe(batch.documents.len() as f64);
+        match timed_write(&self.store, &self.metrics, &batch.documents).await {
+            Ok(outcomes) => {
+                self.settle(batch, outcomes).await;
+                self.resume();
+                Ok(())
+            }
+            Err(error) => self.retry(batch, error, deadline).await,
+        }
+    }
 
+    /// Retries a batch after a transient failure until it is written, shutdown starts (when
+    /// `deadline` is `None`) or the deadline passes. An abandoned batch is put back as the
+    /// open batch, so the drain can try it once more.
+    async fn retry(
+        &mut self,
+        batch: Batch,
+        mut error: StoreError,
+        deadline: Option<Instant>,
+    ) -> Result<(), Abandoned> {
         let mut backoff = Duration::from_millis(self.config.retry_initial_backoff_ms);
         let max_backoff = Duration::from_millis(self.config.retry_max_backoff_ms);
         let outcomes = loop {
-            let started = std::time::Instant::now();
-            let result = self.store.write(&documents).await;
-            self.metrics
-                .write_duration_seconds
-                .observe(started.elapsed().as_secs_f64());
-            let error = match result {
-                Ok(outcomes) => break outcomes,
-                Err(error) => error,
-            };
-
             self.metrics.write_retries.inc();
             tracing::warn!(
                 %error,
-                documents = documents.len(),
+                documents = batch.documents.len(),
                 backoff_ms = backoff.as_millis() as u64,
                 "bulk write failed, retrying"
             );
@@ -263,6 +358,11 @@ impl SinkLoop {
                 return Err(reason);
             }
             backoff = (backoff * 2).min(max_backoff);
+
+            match timed_write(&self.store, &self.metrics, &batch.documents).await {
+                Ok(outcomes) => break outcomes,
+                Err(next) => error = next,
+            }
         };
 
         self.settle(batch, outcomes).await;
@@ -301,11 +401,13 @@ impl SinkLoop {
         let newer = std::mem::take(&mut self.batch);
         batch.bytes += newer.bytes;
         batch.entries.extend(newer.entries);
+        batch.documents.extend(newer.documents);
         self.batch = batch;
     }
 
     /// Dead-letters the rejected documents and announces the stored ones, then completes the
-    /// ticket of every record whose dead-letter or event Kafka acknowledged.
+    /// ticket of every record whose dead-letter or event Kafka acknowledged and commits the
+    /// offsets that moved.
     async fn settle(&mut self, batch: Batch, outcomes: Vec<DocumentOutcome>) {
         let stored_at_ms = now_ms();
         let mut durable = Vec::with_capacity(batch.entries.len());
@@ -360,7 +462,9 @@ impl SinkLoop {
                 durable.push(&entry.ticket);
             }
         }
-        complete(self.consumer.as_ref(), durable);
+        if complete(self.consumer.as_ref(), durable) {
+            commit_async(self.consumer.as_ref());
+        }
     }
 
     /// Produces the events of stored submissions and waits for Kafka's acknowledgements,
@@ -529,6 +633,45 @@ fn record_span(message: &OwnedMessage) -> Span {
     );
     trace_context::set_parent(&span, message.headers());
     span
+}
+
+/// A batch back from its write task, with its documents and the result of the write.
+type Written = (
+    Batch,
+    Vec<StoredDocument>,
+    Result<Vec<DocumentOutcome>, StoreError>,
+);
+
+/// Waits for the write in flight and takes it, and never returns while none is in flight.
+/// Cancelling the wait is safe because the task stays in flight until a later call joins it.
+async fn join_write(in_flight: &mut Option<InFlight>) -> Written {
+    let Some(InFlight { write, .. }) = in_flight.as_mut() else {
+        return std::future::pending().await;
+    };
+    let joined = write.await;
+    let Some(InFlight { batch, .. }) = in_flight.take() else {
+        unreachable!("the write in flight was just joined");
+    };
+    match joined {
+        Ok((documents, result)) => (batch, documents, result),
+        // The task is never aborted, so the only join error is a panic, raised here as the
+        // write would have raised it in place.
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+/// Writes a batch and records how long the store took.
+async fn timed_write(
+    store: &Store,
+    metrics: &Metrics,
+    documents: &[StoredDocument],
+) -> Result<Vec<DocumentOutcome>, StoreError> {
+    let started = std::time::Instant::now();
+    let result = store.write(documents).await;
+    metrics
+        .write_duration_seconds
+        .observe(started.elapsed().as_secs_f64());
+    result
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

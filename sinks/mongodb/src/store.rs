@@ -260,7 +260,8 @@ fn is_unavailable(error: &MongoError) -> bool {
     ) || error.contains_label("RetryableWriteError")
 }
 
-fn write_concern(mongodb: &MongoConfig) -> WriteConcern {
+/// Builds the write concern of the sink's writes from `mongodb.write_concern` and its timeout.
+pub fn write_concern(mongodb: &MongoConfig) -> WriteConcern {
     // Validation accepts only "majority" or a node count.
     let w = match mongodb.write_concern.parse::<u32>() {
         Ok(nodes) => Acknowledgment::Nodes(nodes),

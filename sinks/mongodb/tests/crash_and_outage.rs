@@ -16,6 +16,10 @@ const FERRETDB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.stack/bin/fe
 fn spawn_sink(config: &Config) -> Child {
     Command::new(env!("CARGO_BIN_EXE_fieldforce-sink"))
         .env("FIELDFORCE_KAFKA__TOPIC_PREFIX", &config.kafka.topic_prefix)
+        .env(
+            "FIELDFORCE_SINK__GROUP_ID_PREFIX",
+            &config.sink.group_id_prefix,
+        )
         .env("FIELDFORCE_MONGODB__URI", &config.mongodb.uri)
         .env("FIELDFORCE_MONGODB__DATABASE", &config.mongodb.database)
         .env("FIELDFORCE_SINK__BATCH_MAX_DOCUMENTS", "200")

@@ -21,11 +21,13 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
-/// Returns a configuration with its own topics and database, and short timings.
+/// Returns a configuration with its own topics, consumer group and database, and short
+/// timings.
 pub fn test_config() -> Config {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut config = Config::default();
     config.kafka.topic_prefix = format!("test-sink-{run}.");
+    config.sink.group_id_prefix = config.kafka.topic_prefix.clone();
     config.mongodb.database = format!("sink_test_{}", &run[..12]);
     config.sink.batch_linger_ms = 50;
     config.sink.retry_initial_backoff_ms = 50;
