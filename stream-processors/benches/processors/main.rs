@@ -36,6 +36,10 @@ use fieldforce_runtime::config::Config;
 use crate::backlog::{Stage, World};
 use crate::drain::{Drain, Subject, clean_up, drain};
 
+/// The allocator the processor binaries use, so that the in-process runs match them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_THROUGHPUT_RECORDS: usize = 100_000;
 const DEFAULT_ROUNDS: usize = 3;
 const DEFAULT_MEMORY_RECORDS: usize = 1_000_000;
