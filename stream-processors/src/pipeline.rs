@@ -287,8 +287,8 @@ struct Flow {
 }
 
 impl Flow {
-    /// Whether a partition that is still being read has `per_partition_max` records in
-    /// flight. Intake then waits for deliveries rather than pausing the partition, because
+    /// Returns whether a partition that is still being read has `per_partition_max` records
+    /// in flight. Intake then waits for deliveries rather than pausing the partition, because
     /// librdkafka drops the records it prefetched for a paused partition and fetches them
     /// again on resume (https://github.com/confluentinc/librdkafka/issues/5343). Pausing at
     /// this cap made a processor drain a backlog about 1.6 times slower.
@@ -617,7 +617,7 @@ fn pause(consumer: &GroupConsumer, flow: &mut Flow, partition: &TopicPartition) 
 }
 
 /// Resumes a partition paused for retries once none of its records is being retried. A
-/// partition still at its in-flight cap then holds intake back through [`Flow::partition_full`].
+/// partition still at its in-flight cap then stops intake through [`Flow::partition_full`].
 fn resume_if_clear(consumer: &GroupConsumer, flow: &mut Flow, partition: &TopicPartition) {
     if !flow.paused.contains(partition) {
         return;

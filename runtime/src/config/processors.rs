@@ -16,7 +16,7 @@ pub struct ProcessorsConfig {
     /// at this count until deliveries complete. Default 10000.
     pub max_in_flight_records: usize,
     /// Most records of one partition read but not yet acknowledged. While a partition has
-    /// this many, intake waits for deliveries; the partition is not paused, because a pause
+    /// this many, intake waits for deliveries. The partition is not paused, because a pause
     /// drops the records the consumer already fetched for it. Default 2000.
     pub max_in_flight_per_partition: usize,
     /// First wait before producing a record again after a failed delivery, in milliseconds;

@@ -42,8 +42,8 @@ const ENUMERATORS: usize = 25;
 /// Share of generated submissions with a problem. The kinds the gateway rejects are skipped,
 /// so what reaches the backlog is a wrong-typed answer or GPS at 0,0 now and then.
 const BAD_SHARE: f64 = 0.05;
-/// Records generated, converted and sent together; the sends of one chunk are awaited before
-/// the next is generated, so the producer's queue never holds more.
+/// Records generated, converted and sent together. The sends of one chunk are awaited before
+/// the next is generated, so the producer's queue never contains more.
 const CHUNK: usize = 5_000;
 
 /// The stage whose output a backlog holds, which is the input of the drained subject.
@@ -51,9 +51,9 @@ const CHUNK: usize = 5_000;
 pub enum Stage {
     /// Raw submissions, as the gateway writes them.
     Raw,
-    /// What the validation processor writes.
+    /// Validated submissions, as the validation processor writes them.
     Validated,
-    /// What the geo processor writes.
+    /// Located submissions, as the geo processor writes them.
     Located,
 }
 

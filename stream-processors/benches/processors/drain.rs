@@ -34,12 +34,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the observer looks for the first output record. Start-up (group join, reading
 /// the compacted topics) takes seconds, so this bounds the error on the start of the timing.
 const FIRST_OUTPUT_POLL: Duration = Duration::from_millis(10);
-/// Longest wait for the first output record after the subject starts.
+/// Maximum wait for the first output record after the subject starts.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest drain before the run is abandoned.
+/// Maximum drain time before the run is abandoned.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3_600);
 
-/// What drains a backlog.
+/// The consumer that drains a backlog: the bare loop, one processor or the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject {
     /// Copies each raw record unchanged to another topic, with the processors' client
@@ -343,6 +343,10 @@ type Observed = (Duration, Duration, Duration, Vec<Sample>);
 /// Waits for the first output record, then samples committed offsets, output and VmRSS until
 /// the finishing group has committed `records` input records. Runs on a blocking thread,
 /// because every request waits for the broker.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "runs on a blocking thread from spawn_blocking, never on an async worker"
+)]
 fn observe(
     config: &Config,
     subject: Subject,
