@@ -62,23 +62,33 @@ const BOOKKEEPING_ROOTS: [&str; 4] = ["meta", "start", "end", "today"];
 const START_PATHS: [&str; 2] = ["start", "meta/timeStart"];
 const END_PATHS: [&str; 2] = ["end", "meta/timeEnd"];
 
+/// SHA-256 of a device id and a submission's answers: equal for the same answers sent from
+/// the same device.
+type Fingerprint = [u8; 32];
+
 /// Bounded memory of recent submissions, to find the same answers sent again from a device.
+///
+/// It stays full for the life of the process, so an entry is kept small: each submission id
+/// is allocated once and shared, and answers are remembered by their fixed-size fingerprint.
+/// The maps are sized for `capacity` at the start, so memory does not grow as they fill.
 #[derive(Debug)]
 struct RecentAnswers {
     capacity: usize,
-    /// Submission id to (device and answers hash, received time), oldest first in `order`.
-    by_submission: HashMap<String, (String, i64)>,
-    by_answers: HashMap<String, Vec<(String, i64)>>,
-    order: VecDeque<String>,
+    /// Submission id to its fingerprint; the ids are in `order`, oldest first.
+    by_submission: HashMap<Arc<str>, Fingerprint>,
+    /// Fingerprint to the remembered submissions with it and their receive times.
+    by_answers: HashMap<Fingerprint, Vec<(Arc<str>, i64)>>,
+    order: VecDeque<Arc<str>>,
 }
 
 impl RecentAnswers {
     fn new(capacity: usize) -> Self {
+        // One more than the capacity, because an entry is added before the oldest is dropped.
         Self {
             capacity,
-            by_submission: HashMap::new(),
-            by_answers: HashMap::new(),
-            order: VecDeque::new(),
+            by_submission: HashMap::with_capacity(capacity + 1),
+            by_answers: HashMap::with_capacity(capacity + 1),
+            order: VecDeque::with_capacity(capacity + 1),
         }
     }
 
@@ -87,27 +97,26 @@ impl RecentAnswers {
     fn observe(
         &mut self,
         submission_id: &str,
-        fingerprint: String,
+        fingerprint: Fingerprint,
         received_at_ms: i64,
     ) -> Option<String> {
         let earlier = self.by_answers.get(&fingerprint).and_then(|seen| {
             seen.iter()
                 .filter(|(id, at)| {
-                    id != submission_id && (*at, id.as_str()) < (received_at_ms, submission_id)
+                    **id != *submission_id && (*at, &**id) < (received_at_ms, submission_id)
                 })
                 .min_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)))
-                .map(|(id, _)| id.clone())
+                .map(|(id, _)| id.to_string())
         });
         if !self.by_submission.contains_key(submission_id) {
-            self.by_submission.insert(
-                submission_id.to_owned(),
-                (fingerprint.clone(), received_at_ms),
-            );
+            let id: Arc<str> = Arc::from(submission_id);
+            self.by_submission.insert(Arc::clone(&id), fingerprint);
+            // Most answers are remembered once, so a list starts with room for one.
             self.by_answers
                 .entry(fingerprint)
-                .or_default()
-                .push((submission_id.to_owned(), received_at_ms));
-            self.order.push_back(submission_id.to_owned());
+                .or_insert_with(|| Vec::with_capacity(1))
+                .push((Arc::clone(&id), received_at_ms));
+            self.order.push_back(id);
             while self.order.len() > self.capacity {
                 self.forget_oldest();
             }
@@ -119,7 +128,7 @@ impl RecentAnswers {
         let Some(oldest) = self.order.pop_front() else {
             return;
         };
-        let Some((fingerprint, _)) = self.by_submission.remove(&oldest) else {
+        let Some(fingerprint) = self.by_submission.remove(&oldest) else {
             return;
         };
         if let Some(seen) = self.by_answers.get_mut(&fingerprint) {
@@ -184,7 +193,7 @@ impl Scorer {
         if submission.encrypted.is_none()
             && let Some(device) = &submission.device_id
         {
-            let fingerprint = format!("{device}\u{0}{}", answers_hash(&submission.fields));
+            let fingerprint = answers_fingerprint(device, &submission.fields);
             let earlier = self
                 .recent
                 .lock()
@@ -507,8 +516,9 @@ fn timing_flags(
     flags
 }
 
-/// Hex SHA-256 of the answers without bookkeeping fields, in a stable order.
-fn answers_hash(fields: &Map<String, Value>) -> String {
+/// Returns the SHA-256 of the device id and the answers without bookkeeping fields, in a
+/// stable order.
+fn answers_fingerprint(device: &str, fields: &Map<String, Value>) -> Fingerprint {
     let mut answers: Vec<(String, String)> = leaves(fields)
         .into_iter()
         .filter(|(path, _)| !is_bookkeeping(path))
@@ -516,13 +526,15 @@ fn answers_hash(fields: &Map<String, Value>) -> String {
         .collect();
     answers.sort();
     let mut hasher = Sha256::new();
+    hasher.update(device.as_bytes());
+    hasher.update([0]);
     for (path, text) in answers {
         hasher.update(path.as_bytes());
         hasher.update([0]);
         hasher.update(text.as_bytes());
         hasher.update([0]);
     }
-    hex::encode(hasher.finalize())
+    hasher.finalize().into()
 }
 
 #[cfg(test)]
@@ -768,12 +780,13 @@ mod tests {
     #[test]
     fn duplicate_memory_is_bounded() {
         let mut recent = RecentAnswers::new(2);
-        for id in ["a", "b", "c"] {
-            recent.observe(id, format!("hash-{id}"), 0);
+        for (index, id) in ["a", "b", "c"].into_iter().enumerate() {
+            recent.observe(id, [index as u8; 32], 0);
         }
         assert_eq!(recent.by_submission.len(), 2);
         assert!(!recent.by_submission.contains_key("a"));
-        assert!(!recent.by_answers.contains_key("hash-a"));
+        assert!(!recent.by_answers.contains_key(&[0; 32]));
+        assert_eq!(recent.order.len(), 2);
     }
 
     #[test]

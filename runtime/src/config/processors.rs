@@ -15,8 +15,9 @@ pub struct ProcessorsConfig {
     /// Most records read but not yet acknowledged by Kafka, over all partitions. Intake stops
     /// at this count until deliveries complete. Default 10000.
     pub max_in_flight_records: usize,
-    /// Most records of one partition read but not yet acknowledged; a partition at this count
-    /// is paused until deliveries complete. Default 2000.
+    /// Most records of one partition read but not yet acknowledged. While a partition has
+    /// this many, intake waits for deliveries. The partition is not paused, because a pause
+    /// drops the records the consumer already fetched for it. Default 2000.
     pub max_in_flight_per_partition: usize,
     /// First wait before producing a record again after a failed delivery, in milliseconds;
     /// it doubles on each failure up to `retry_backoff_max_ms`. Default 100.

@@ -4,6 +4,11 @@
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::{shutdown, telemetry};
 
+/// mimalloc rather than glibc malloc, which took about a third of the quality processor's
+/// transform time while it drained a backlog (docs/benchmarks/processors.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::load_from_env()?;

@@ -250,7 +250,9 @@ fn accepted_ids(format: Format, submissions: &[Generated], outcome: &Outcome) ->
         .collect()
 }
 
-fn plan_projects(fences: &[Fence], organisations: usize, projects: usize) -> Vec<ProjectPlan> {
+/// Plans `projects` projects per organisation, each assigned one of `fences` in turn, with its
+/// outside point taken from a fence about half the list away.
+pub fn plan_projects(fences: &[Fence], organisations: usize, projects: usize) -> Vec<ProjectPlan> {
     let mut plans = Vec::new();
     for token_index in 0..organisations {
         for project in 0..projects.max(1) {
