@@ -245,10 +245,11 @@ async fn wait_for_submissions(daily: &Collection<DailyDocument>, id: &str, expec
     assert_eq!(found, expected, "{id}");
 }
 
-async fn send_to_partition_zero(config: &Config, facts: &Facts) {
+/// Produces the record of `facts` to partition 0 and returns its offset.
+async fn send_to_partition_zero(config: &Config, facts: &Facts) -> i64 {
     let producer = common::producer(config);
     let topic = config.kafka.topic(SUBMISSIONS_PROCESSED);
-    common::send_bytes(
+    let (_, offset) = common::send_bytes(
         &producer,
         &topic,
         &facts.submission_id,
@@ -256,6 +257,7 @@ async fn send_to_partition_zero(config: &Config, facts: &Facts) {
         Some(0),
     )
     .await;
+    offset
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -289,30 +291,39 @@ async fn edit_moves_contribution() {
     let day_one = daily_id(ORG, PROJECT, "2024-05-01", None);
     let day_two = daily_id(ORG, PROJECT, "2024-05-02", None);
 
+    // A batch writes its daily documents concurrently, so each one is polled. One document
+    // with the new figures does not mean the others of the batch are written yet.
     send_to_partition_zero(&config, &original).await;
     wait_for_submissions(&daily, &ama_day_one, 1).await;
-    assert_eq!(submissions(&daily, &day_one).await, 1);
+    wait_for_submissions(&daily, &day_one, 1).await;
 
+    // The edit moves the submission to another day and enumerator, so the old day and the
+    // old enumerator drop it.
     send_to_partition_zero(&config, &edit).await;
     wait_for_submissions(&daily, &kofi_day_two, 1).await;
-    assert_eq!(submissions(&daily, &day_two).await, 1);
-    assert_eq!(submissions(&daily, &day_one).await, 0, "old day drops it");
-    assert_eq!(
-        submissions(&daily, &ama_day_one).await,
-        0,
-        "old enumerator drops it"
-    );
+    wait_for_submissions(&daily, &day_two, 1).await;
+    wait_for_submissions(&daily, &day_one, 0).await;
+    wait_for_submissions(&daily, &ama_day_one, 0).await;
 
-    // The original again, late, then a marker on the same partition: once the marker is
-    // counted, the late original has been read too.
+    // The original again, late, then a marker on the same partition. Once the group commits
+    // past the marker, the batches that contain both are applied in full.
     send_to_partition_zero(&config, &original).await;
     let marker = Facts {
         submission_id: "uuid:marker".into(),
         day: 3,
         ..original.clone()
     };
-    send_to_partition_zero(&config, &marker).await;
-    wait_for_submissions(&daily, &daily_id(ORG, PROJECT, "2024-05-03", None), 1).await;
+    let marker_offset = send_to_partition_zero(&config, &marker).await;
+    wait_for_committed_end(
+        &config,
+        &config.processors.group_id_prefix,
+        &BTreeMap::from([(0, marker_offset + 1)]),
+    )
+    .await;
+    assert_eq!(
+        submissions(&daily, &daily_id(ORG, PROJECT, "2024-05-03", None)).await,
+        1
+    );
     assert_eq!(
         submissions(&daily, &day_one).await,
         0,
