@@ -115,6 +115,14 @@ impl OffsetTracker {
         Some(committable)
     }
 
+    /// Returns whether the ticket belongs to the current assignment of its partition: false
+    /// once the partition was revoked, even if it was assigned again since.
+    pub fn is_current(&self, ticket: &Ticket) -> bool {
+        self.partitions
+            .get(&ticket.partition)
+            .is_some_and(|state| state.epoch == ticket.epoch)
+    }
+
     /// Returns the offset and timestamp of the oldest record of a partition still in flight.
     pub fn oldest_in_flight(&self, partition: &TopicPartition) -> Option<(i64, Option<i64>)> {
         let state = self.partitions.get(partition)?;
@@ -174,8 +182,10 @@ mod tests {
         tracker.revoke(&partition(0));
         tracker.assign(partition(0));
         assert_eq!(tracker.complete(&stale), None);
+        assert!(!tracker.is_current(&stale));
 
         let fresh = tracker.start(partition(0), 3, None);
+        assert!(tracker.is_current(&fresh));
         assert_eq!(tracker.complete(&fresh), Some(4));
     }
 

@@ -45,4 +45,13 @@ pub enum ProcessorError {
     /// The analytics aggregator's MongoDB settings are unusable.
     #[error("analytics store setup failed: {0}")]
     AnalyticsStore(#[source] crate::analytics::store::StoreError),
+    /// A file of `webhooks.extra_ca_certificate_files` is unreadable or contains no usable CA
+    /// certificate. Fix the file or the setting before restarting.
+    #[error("loading CA certificates from {path} failed: {reason}")]
+    CaCertificates {
+        /// Configured path.
+        path: String,
+        /// Cause of the failure.
+        reason: String,
+    },
 }

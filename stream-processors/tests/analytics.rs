@@ -245,10 +245,11 @@ async fn wait_for_submissions(daily: &Collection<DailyDocument>, id: &str, expec
     assert_eq!(found, expected, "{id}");
 }
 
-async fn send_to_partition_zero(config: &Config, facts: &Facts) {
+/// Produces the record of `facts` to partition 0 and returns its offset.
+async fn send_to_partition_zero(config: &Config, facts: &Facts) -> i64 {
     let producer = common::producer(config);
     let topic = config.kafka.topic(SUBMISSIONS_PROCESSED);
-    common::send_bytes(
+    let (_, offset) = common::send_bytes(
         &producer,
         &topic,
         &facts.submission_id,
@@ -256,6 +257,7 @@ async fn send_to_partition_zero(config: &Config, facts: &Facts) {
         Some(0),
     )
     .await;
+    offset
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -289,30 +291,39 @@ async fn edit_moves_contribution() {
     let day_one = daily_id(ORG, PROJECT, "2024-05-01", None);
     let day_two = daily_id(ORG, PROJECT, "2024-05-02", None);
 
+    // A batch writes its daily documents concurrently, so each one is polled. One document
+    // with the new figures does not mean the others of the batch are written yet.
     send_to_partition_zero(&config, &original).await;
     wait_for_submissions(&daily, &ama_day_one, 1).await;
-    assert_eq!(submissions(&daily, &day_one).await, 1);
+    wait_for_submissions(&daily, &day_one, 1).await;
 
+    // The edit moves the submission to another day and enumerator, so the old day and the
+    // old enumerator drop it.
     send_to_partition_zero(&config, &edit).await;
     wait_for_submissions(&daily, &kofi_day_two, 1).await;
-    assert_eq!(submissions(&daily, &day_two).await, 1);
-    assert_eq!(submissions(&daily, &day_one).await, 0, "old day drops it");
-    assert_eq!(
-        submissions(&daily, &ama_day_one).await,
-        0,
-        "old enumerator drops it"
-    );
+    wait_for_submissions(&daily, &day_two, 1).await;
+    wait_for_submissions(&daily, &day_one, 0).await;
+    wait_for_submissions(&daily, &ama_day_one, 0).await;
 
-    // The original again, late, then a marker on the same partition: once the marker is
-    // counted, the late original has been read too.
+    // The original again, late, then a marker on the same partition. Once the group commits
+    // past the marker, the batches that contain both are applied in full.
     send_to_partition_zero(&config, &original).await;
     let marker = Facts {
         submission_id: "uuid:marker".into(),
         day: 3,
         ..original.clone()
     };
-    send_to_partition_zero(&config, &marker).await;
-    wait_for_submissions(&daily, &daily_id(ORG, PROJECT, "2024-05-03", None), 1).await;
+    let marker_offset = send_to_partition_zero(&config, &marker).await;
+    wait_for_committed_end(
+        &config,
+        &config.processors.group_id_prefix,
+        &BTreeMap::from([(0, marker_offset + 1)]),
+    )
+    .await;
+    assert_eq!(
+        submissions(&daily, &daily_id(ORG, PROJECT, "2024-05-03", None)).await,
+        1
+    );
     assert_eq!(
         submissions(&daily, &day_one).await,
         0,
@@ -413,42 +424,75 @@ fn edited_stream(count: usize) -> (Vec<Facts>, BTreeMap<String, DailyFigures>) {
 }
 
 /// Produces the stream in order, a chunk at a time, so each submission's revisions keep their
-/// order on its partition.
-async fn produce(config: &Config, stream: &[Facts]) {
+/// order on its partition. Returns, per partition written to, the offset after the last
+/// record produced.
+async fn produce(config: &Config, stream: &[Facts]) -> BTreeMap<i32, i64> {
     let producer = common::producer(config);
     let topic = config.kafka.topic(SUBMISSIONS_PROCESSED);
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     for chunk in stream.chunks(500) {
         let sends = chunk.iter().map(|facts| {
             let producer = producer.clone();
             let topic = topic.clone();
             let value = encode(&facts.record());
             async move {
-                common::send_bytes(&producer, &topic, &facts.submission_id, &value, None).await;
+                common::send_bytes(&producer, &topic, &facts.submission_id, &value, None).await
             }
         });
-        join_all(sends).await;
+        for (partition, offset) in join_all(sends).await {
+            let end = ends.entry(partition).or_default();
+            *end = (*end).max(offset + 1);
+        }
     }
+    ends
 }
 
-/// Polls the lag of the aggregator's group under `group_id_prefix` until it is zero, for at
-/// most 240 s.
-async fn wait_for_zero_lag(config: &Config, group_id_prefix: &str) {
+/// Polls the committed offsets of the aggregator's group under `group_id_prefix` until every
+/// partition in `ends` has a committed offset at or past its end, for at most 240 s.
+///
+/// The aggregator commits an offset only after the batch before it is applied, so once every
+/// produced partition is committed to its end, every record has been applied. The total lag
+/// is not enough, because a sample whose topic metadata lists no partition sums to zero lag
+/// too.
+async fn wait_for_committed_end(config: &Config, group_id_prefix: &str, ends: &BTreeMap<i32, i64>) {
     let group = format!("{group_id_prefix}{GROUP_ID}");
     let topic = config.kafka.topic(SUBMISSIONS_PROCESSED);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    let mut lag = i64::MAX;
-    while lag > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut behind: BTreeMap<i32, (Option<i64>, i64)> = BTreeMap::new();
+    loop {
         let kafka = config.kafka.clone();
-        let (group, topic) = (group.clone(), topic.clone());
-        lag = tokio::task::spawn_blocking(move || {
-            fieldforce_kafka::lag::sample(&kafka, &group, &[topic])
-                .map_or(i64::MAX, |sample| sample.lag_records())
+        let (sampled_group, sampled_topic) = (group.clone(), topic.clone());
+        let sample = tokio::task::spawn_blocking(move || {
+            fieldforce_kafka::lag::sample(&kafka, &sampled_group, &[sampled_topic])
         })
         .await
         .expect("lag sampling did not panic");
+        if let Ok(sample) = sample {
+            let committed: BTreeMap<i32, Option<i64>> = sample
+                .partitions
+                .iter()
+                .map(|partition| (partition.partition, partition.committed))
+                .collect();
+            behind = ends
+                .iter()
+                .map(|(partition, end)| {
+                    (
+                        *partition,
+                        (committed.get(partition).copied().flatten(), *end),
+                    )
+                })
+                .filter(|(_, (committed, end))| committed.is_none_or(|offset| offset < *end))
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{group} did not commit to the end within 240 s; (committed, end) by partition: {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(lag, 0, "the lag of {group} did not reach zero within 240 s");
 }
 
 /// Compares every stored daily document with the expected figures.
@@ -478,11 +522,17 @@ async fn assert_stored_figures(config: &Config, expected: &BTreeMap<String, Dail
         .keys()
         .filter(|id| !found.contains_key(*id))
         .collect();
-    assert!(
-        missing.is_empty(),
-        "daily documents missing: {missing:?}; stored with submissions: {:?}",
-        found.keys().collect::<Vec<_>>()
-    );
+    if !missing.is_empty() {
+        let stored_contributions = contributions
+            .count_documents(doc! {})
+            .await
+            .expect("contributions readable");
+        panic!(
+            "daily documents missing: {missing:?}; stored with submissions: {:?}; \
+             {stored_contributions} contributions stored",
+            found.keys().collect::<Vec<_>>()
+        );
+    }
     let unexpected: Vec<&String> = found
         .keys()
         .filter(|id| !expected.contains_key(*id))
@@ -499,7 +549,10 @@ async fn assert_stored_figures(config: &Config, expected: &BTreeMap<String, Dail
         .count_documents(doc! { "pending.0": { "$exists": true } })
         .await
         .expect("contributions readable");
-    assert_eq!(pending, 0, "pending slots left after the lag reached zero");
+    assert_eq!(
+        pending, 0,
+        "pending slots left after every record was applied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -516,7 +569,7 @@ async fn kill_nine_three_times_keeps_figures_exact() {
         total, SUBMISSIONS as i64,
         "the expectation counts each submission once"
     );
-    produce(&config, &stream).await;
+    let ends = produce(&config, &stream).await;
 
     let (_, contributions) = collections(&config).await;
     let started = std::time::Instant::now();
@@ -541,10 +594,10 @@ async fn kill_nine_three_times_keeps_figures_exact() {
         aggregator = spawn_aggregator(&config);
     }
 
-    wait_for_zero_lag(&config, &config.processors.group_id_prefix).await;
+    wait_for_committed_end(&config, &config.processors.group_id_prefix, &ends).await;
     drop(aggregator);
     eprintln!(
-        "analytics crash test: {} records, {} daily documents, lag zero after {:.1} s",
+        "analytics crash test: {} records, {} daily documents, committed to the end after {:.1} s",
         stream.len(),
         expected.len(),
         started.elapsed().as_secs_f64()
@@ -559,7 +612,7 @@ async fn concurrent_writers_converge() {
     // documents at once, a harder race than two members of one group sharing partitions.
     let config = test_config("race").await;
     let (stream, expected) = edited_stream(1_500);
-    produce(&config, &stream).await;
+    let ends = produce(&config, &stream).await;
 
     let mut runs = Vec::new();
     let mut prefixes = Vec::new();
@@ -572,7 +625,7 @@ async fn concurrent_writers_converge() {
         runs.push((trigger, tokio::spawn(analytics::run(own, shutdown))));
     }
     for prefix in &prefixes {
-        wait_for_zero_lag(&config, prefix).await;
+        wait_for_committed_end(&config, prefix, &ends).await;
     }
     for (trigger, running) in runs {
         trigger.trigger();

@@ -66,15 +66,27 @@ enum Behaviour {
     AlwaysFail,
 }
 
-/// A loopback HTTP server that records every request.
+/// A loopback HTTP server, or HTTPS when started with a TLS acceptor, that records every
+/// request.
 struct Receiver {
     address: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     task: JoinHandle<()>,
+    scheme: &'static str,
 }
 
 impl Receiver {
     async fn start(behaviour: Behaviour) -> Self {
+        Self::start_with(behaviour, None).await
+    }
+
+    /// Starts an HTTPS receiver that presents the acceptor's certificate.
+    async fn start_tls(behaviour: Behaviour, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        Self::start_with(behaviour, Some(acceptor)).await
+    }
+
+    async fn start_with(behaviour: Behaviour, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -87,6 +99,7 @@ impl Receiver {
                 };
                 let log = Arc::clone(&log);
                 let count = Arc::clone(&count);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service =
                         service_fn(move |request: http::Request<hyper::body::Incoming>| {
@@ -128,9 +141,19 @@ impl Receiver {
                                 Ok::<_, std::convert::Infallible>(response)
                             }
                         });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let Some(acceptor) = tls else {
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                        return;
+                    };
+                    // A client that rejects the certificate ends the handshake here, so the
+                    // request log stays empty.
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
                 });
             }
         });
@@ -138,11 +161,12 @@ impl Receiver {
             address,
             received,
             task,
+            scheme,
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/hooks", self.address)
+        format!("{}://{}/hooks", self.scheme, self.address)
     }
 
     fn requests(&self) -> Vec<Received> {
@@ -193,6 +217,11 @@ impl Stack {
     /// Creates the topics and starts the sink. `allowed` are the loopback endpoints the
     /// dispatcher may reach.
     async fn start(allowed: &[SocketAddr]) -> Self {
+        Self::start_with(allowed, |_| {}).await
+    }
+
+    /// Like [`Stack::start`], with `adjust` applied to the test configuration last.
+    async fn start_with(allowed: &[SocketAddr], adjust: impl FnOnce(&mut Config)) -> Self {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let mut config = Config::default();
         config.kafka.topic_prefix = format!("test-webhooks-{suffix}.");
@@ -207,6 +236,7 @@ impl Stack {
         config.webhooks.retry_initial_backoff_ms = 1_000;
         config.webhooks.retry_backoff_multiplier = 2;
         config.webhooks.retry_max_backoff_ms = 4_000;
+        adjust(&mut config);
         config.validate().unwrap();
         // Export is off in these tests, so there is nothing to flush at the end.
         let _telemetry = fieldforce_runtime::telemetry::init(&config.telemetry, "webhook-tests")
@@ -637,6 +667,138 @@ async fn failing_endpoints_dead_letter_without_delaying_healthy_one() {
             "{error}"
         );
     }
+    stack.stop().await;
+}
+
+/// A certificate authority made for one test.
+struct TestCa {
+    certificate: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.self_signed(&key).unwrap();
+        Self {
+            certificate,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Writes the CA certificate as PEM into `dir` and returns the file's path.
+    fn write_pem(&self, dir: &std::path::Path) -> String {
+        let path = dir.join("webhook-test-ca.pem");
+        std::fs::write(&path, self.certificate.pem()).unwrap();
+        path.display().to_string()
+    }
+
+    /// Returns a TLS acceptor whose server certificate this CA issued for 127.0.0.1.
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        let private_key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certificate.der().clone()], private_key)
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_trusts_only_configured_ca() {
+    let trusted_ca = TestCa::new("fieldforce webhook test CA");
+    let unknown_ca = TestCa::new("fieldforce unknown test CA");
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = trusted_ca.write_pem(ca_dir.path());
+    let trusted = Receiver::start_tls(Behaviour::Healthy, trusted_ca.acceptor()).await;
+    let untrusted = Receiver::start_tls(Behaviour::Healthy, unknown_ca.acceptor()).await;
+    let mut stack = Stack::start_with(&[trusted.address, untrusted.address], |config| {
+        config.webhooks.extra_ca_certificate_files = vec![ca_file];
+        config.webhooks.max_attempts = 2;
+        config.webhooks.retry_initial_backoff_ms = 500;
+    })
+    .await;
+    let stored = [WebhookEvent::SubmissionStored];
+    stack
+        .subscribe(
+            "trusted",
+            &trusted.url(),
+            "secret-of-the-trusted-one",
+            &stored,
+        )
+        .await;
+    stack
+        .subscribe(
+            "untrusted",
+            &untrusted.url(),
+            "secret-of-the-untrusted-one",
+            &stored,
+        )
+        .await;
+    stack.start_dispatcher();
+    stack
+        .submit(&processed("over-tls", ProcessingStatus::Processed, &[]))
+        .await;
+
+    let requests = trusted.wait_for(1).await;
+    let received = &requests[0];
+    assert!(trusted.url().starts_with("https://"), "{}", trusted.url());
+    assert!(
+        verify_signature(
+            "secret-of-the-trusted-one",
+            received.body.as_bytes(),
+            &received.signature
+        ),
+        "signature of {received:?}"
+    );
+    let body = body_json(received);
+    assert_eq!(body["delivery_id"], received.delivery_id.as_str());
+    assert_eq!(body["submission"]["submission_id"], "uuid:over-tls");
+
+    let dead_letters = stack.dead_letters(1).await;
+    let delivery: WebhookDelivery = decode(dead_letters[0].payload().unwrap()).unwrap();
+    let reason = header_str(
+        dead_letters[0].headers().unwrap(),
+        headers::DEAD_LETTER_REASON,
+    )
+    .unwrap();
+    assert_eq!(delivery.subscription_key, "demo/demo/untrusted");
+    assert_eq!(reason, "attempts_exhausted");
+    assert_eq!(delivery.attempts, 2);
+    let answer = delivery.last_response.as_ref().unwrap();
+    assert_eq!(answer.status, None, "{answer:?}");
+    assert!(
+        answer.error.contains("TLS handshake with 127.0.0.1 failed"),
+        "{answer:?}"
+    );
+    assert!(
+        answer.error.contains("invalid peer certificate"),
+        "{answer:?}"
+    );
+    assert!(
+        untrusted.requests().is_empty(),
+        "no request is sent over a connection whose certificate was rejected"
+    );
+    assert_eq!(
+        trusted.requests().len(),
+        1,
+        "the trusted receiver gets one delivery"
+    );
     stack.stop().await;
 }
 

@@ -39,6 +39,12 @@ pub struct WebhooksConfig {
     /// CIDR form (`10.20.0.0/16`, `fd12::/64`) or a `host:port` pair (`127.0.0.1:8080`,
     /// `[::1]:9000`, `hooks.internal:443`). Default empty: every such address is rejected.
     pub allow_list: Vec<String>,
+    /// Paths of PEM files with CA certificates to trust for `https` endpoints, in addition to
+    /// the Mozilla root certificates built into the dispatcher (the `webpki-roots` crate).
+    /// Every certificate in each file is trusted. For receivers whose certificates come from a
+    /// private CA. A file that is unreadable or contains no certificate stops the dispatcher at
+    /// start. Default empty: only the built-in roots are trusted.
+    pub extra_ca_certificate_files: Vec<String>,
 }
 
 impl Default for WebhooksConfig {
@@ -54,6 +60,7 @@ impl Default for WebhooksConfig {
             max_queued_per_endpoint: 100,
             response_body_max_bytes: 1_024,
             allow_list: Vec::new(),
+            extra_ca_certificate_files: Vec::new(),
         }
     }
 }
@@ -157,6 +164,13 @@ impl WebhooksConfig {
                 ));
             }
         }
+        for (position, path) in self.extra_ca_certificate_files.iter().enumerate() {
+            if path.trim().is_empty() {
+                problems.push(format!(
+                    "webhooks.extra_ca_certificate_files[{position}] is empty: set a PEM file path"
+                ));
+            }
+        }
     }
 }
 
@@ -195,6 +209,7 @@ mod tests {
             max_attempts: 0,
             retry_max_backoff_ms: 1,
             allow_list: vec!["10.0.0.0/40".into(), "localhost".into(), ":80".into()],
+            extra_ca_certificate_files: vec![" ".into()],
             ..WebhooksConfig::default()
         };
         let mut problems = Vec::new();
@@ -205,5 +220,6 @@ mod tests {
         assert!(text.contains("allow_list[0]"), "{text}");
         assert!(text.contains("allow_list[1]"), "{text}");
         assert!(text.contains("allow_list[2]"), "{text}");
+        assert!(text.contains("extra_ca_certificate_files[0]"), "{text}");
     }
 }

@@ -173,6 +173,10 @@ impl Dispatcher {
             match decode_payload::<WebhookDelivery>(&message) {
                 Ok(retry) => {
                     let due = due_instant(retry.due_at_ms);
+                    if let Some(queue) = self.waiting.get_mut(&partition) {
+                        let tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+                        drop_stale(&tracker, queue);
+                    }
                     let nothing_held = self.waiting.get(&partition).is_none_or(VecDeque::is_empty);
                     if nothing_held && due <= tokio::time::Instant::now() {
                         vec![Task::Deliver(retry)]
@@ -250,28 +254,20 @@ impl Dispatcher {
     /// Starts every held record that fell due, and resumes the partitions left with none.
     fn release_due(&mut self) -> Vec<(u64, Task)> {
         let now = tokio::time::Instant::now();
-        let assigned = self.consumer.assignment().ok();
         let mut released = Vec::new();
         let mut emptied = Vec::new();
-        for (partition, queue) in &mut self.waiting {
-            // A partition revoked while its records waited belongs to another member now,
-            // which reads those records again.
-            // NOTE: a partition revoked and assigned back before its held records fall due
-            // is read again from the committed offset, so those records are held twice and
-            // delivered twice, with the same delivery ids.
-            let still_assigned = assigned
-                .as_ref()
-                .is_none_or(|list| list.find_partition(&partition.0, partition.1).is_some());
-            if !still_assigned {
-                queue.clear();
-            }
-            while queue.front().is_some_and(|waiting| waiting.due <= now) {
-                if let Some(waiting) = queue.pop_front() {
-                    released.push(waiting);
+        {
+            let tracker = self.tracker.lock().unwrap_or_else(PoisonError::into_inner);
+            for (partition, queue) in &mut self.waiting {
+                drop_stale(&tracker, queue);
+                while queue.front().is_some_and(|waiting| waiting.due <= now) {
+                    if let Some(waiting) = queue.pop_front() {
+                        released.push(waiting);
+                    }
                 }
-            }
-            if queue.is_empty() {
-                emptied.push(partition.clone());
+                if queue.is_empty() {
+                    emptied.push(partition.clone());
+                }
             }
         }
         for partition in emptied {
@@ -309,6 +305,14 @@ impl Dispatcher {
     }
 }
 
+/// Drops the held records of a partition that were read under an earlier assignment of it.
+/// Whichever member owns the partition now reads it again from the committed offset, which is
+/// never past a held record. When that member is this one again, only the copies read under
+/// the new assignment stay held, so a held record is not delivered twice by one member.
+fn drop_stale(tracker: &OffsetTracker, queue: &mut VecDeque<Waiting>) {
+    queue.retain(|waiting| tracker.is_current(&waiting.ticket));
+}
+
 /// Runs one task and returns its work id and whether its outcome is durable.
 async fn run_task(shared: Arc<Shared>, work_id: u64, task: Task) -> (u64, bool) {
     let durable = match task {
@@ -337,5 +341,69 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fieldforce_schemas::webhook::{WEBHOOK_DELIVERY_VERSION, WebhookEvent};
+
+    use super::*;
+
+    fn held(ticket: Ticket) -> Waiting {
+        Waiting {
+            delivery: WebhookDelivery {
+                schema_version: WEBHOOK_DELIVERY_VERSION,
+                delivery_id: format!("delivery-{}", ticket.offset),
+                subscription_key: "org/project/hook".into(),
+                event: WebhookEvent::SubmissionStored,
+                submission_id: "uuid:s1".into(),
+                attempts: 1,
+                body: "{}".into(),
+                due_at_ms: 0,
+                last_response: None,
+            },
+            ticket,
+            due: tokio::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn reassigned_partition_drops_earlier_held_records() {
+        let partition: TopicPartition = ("retry-1".into(), 0);
+        let mut tracker = OffsetTracker::new();
+        tracker.assign(partition.clone());
+        let mut queue: VecDeque<Waiting> = [5, 6]
+            .into_iter()
+            .map(|offset| held(tracker.start(partition.clone(), offset, None)))
+            .collect();
+
+        drop_stale(&tracker, &mut queue);
+        assert_eq!(
+            queue.len(),
+            2,
+            "nothing is dropped while the assignment lasts"
+        );
+
+        tracker.revoke(&partition);
+        tracker.assign(partition.clone());
+        queue.push_back(held(tracker.start(partition.clone(), 5, None)));
+        drop_stale(&tracker, &mut queue);
+        let offsets: Vec<i64> = queue.iter().map(|waiting| waiting.ticket.offset).collect();
+        assert_eq!(
+            offsets,
+            vec![5],
+            "only the copy read after the new assignment is held"
+        );
+    }
+
+    #[test]
+    fn revoked_partition_drops_held_records() {
+        let partition: TopicPartition = ("retry-1".into(), 3);
+        let mut tracker = OffsetTracker::new();
+        let mut queue: VecDeque<Waiting> = [held(tracker.start(partition.clone(), 9, None))].into();
+        tracker.revoke(&partition);
+        drop_stale(&tracker, &mut queue);
+        assert!(queue.is_empty());
     }
 }

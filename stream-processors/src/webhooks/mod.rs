@@ -91,7 +91,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProcessorErro
     let producer: FutureProducer = producer_config(&config.kafka).create()?;
 
     let guard = guard::AddressGuard::new(config.webhooks.allowed_endpoints());
-    let sender = sender::Sender::new(guard, config.webhooks.response_body_max_bytes);
+    let extra_roots = sender::load_ca_certificates(&config.webhooks.extra_ca_certificate_files)?;
+    let sender = sender::Sender::new(guard, config.webhooks.response_body_max_bytes, extra_roots);
     let processors = &config.processors;
     let shared = Arc::new(task::Shared::new(
         producer,

@@ -16,10 +16,13 @@ use fieldforce_schemas::webhook::LastResponse;
 use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::guard::{AddressGuard, Rejection};
+use crate::ProcessorError;
 
 /// Headers of every delivery.
 pub const DELIVERY_HEADER: &str = "x-fieldforce-delivery";
@@ -64,11 +67,19 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Creates a sender that trusts the Mozilla root certificates shipped in `webpki-roots`.
-    pub fn new(guard: AddressGuard, response_body_max_bytes: usize) -> Self {
-        let roots = rustls::RootCertStore {
+    /// Creates a sender that trusts the Mozilla root certificates shipped in `webpki-roots`
+    /// and the `extra_roots`, as loaded by [`load_ca_certificates`].
+    pub fn new(
+        guard: AddressGuard,
+        response_body_max_bytes: usize,
+        extra_roots: Vec<CertificateDer<'static>>,
+    ) -> Self {
+        let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        // load_ca_certificates already added each certificate to a store of its own, so none
+        // is rejected here.
+        roots.add_parsable_certificates(extra_roots);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -129,8 +140,6 @@ impl Sender {
         if !endpoint.tls {
             return self.exchange(stream, endpoint, outgoing).await;
         }
-        // NOTE: the acceptance tests use plain HTTP receivers, so this TLS path has only been
-        // compiled, never run against a server.
         let server_name = match rustls::pki_types::ServerName::try_from(endpoint.host.clone()) {
             Ok(name) => name,
             Err(error) => {
@@ -205,6 +214,36 @@ impl Sender {
     }
 }
 
+/// Reads every certificate from the given PEM files, for `webhooks.extra_ca_certificate_files`.
+/// Fails on the first file that cannot be read, contains no certificate, or contains one that
+/// cannot be a trust anchor, and names that file in the error.
+pub fn load_ca_certificates(
+    paths: &[String],
+) -> Result<Vec<CertificateDer<'static>>, ProcessorError> {
+    let mut certificates = Vec::new();
+    for path in paths {
+        let invalid = |reason: String| ProcessorError::CaCertificates {
+            path: path.clone(),
+            reason,
+        };
+        let found: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|error| invalid(error.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|error| invalid(error.to_string()))?;
+        if found.is_empty() {
+            return Err(invalid("no CERTIFICATE section found".to_owned()));
+        }
+        let mut check = rustls::RootCertStore::empty();
+        for certificate in &found {
+            check
+                .add(certificate.clone())
+                .map_err(|error| invalid(format!("not a usable CA certificate: {error}")))?;
+        }
+        certificates.extend(found);
+    }
+    Ok(certificates)
+}
+
 /// Connects to the first address that accepts, in resolver order.
 async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, String> {
     let mut last_error = String::new();
@@ -243,4 +282,28 @@ fn failed(error: String) -> AttemptOutcome {
         body_prefix: String::new(),
         error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_ca_file_names_the_path() {
+        let path = std::env::temp_dir().join(format!("missing-ca-{}.pem", uuid::Uuid::new_v4()));
+        let path = path.display().to_string();
+        let error = load_ca_certificates(std::slice::from_ref(&path)).unwrap_err();
+        assert!(error.to_string().contains(&path), "{error}");
+    }
+
+    #[test]
+    fn ca_file_without_certificate_is_rejected() {
+        let path = std::env::temp_dir().join(format!("empty-ca-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let path_text = path.display().to_string();
+        let result = load_ca_certificates(std::slice::from_ref(&path_text));
+        let _ = std::fs::remove_file(&path);
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("no CERTIFICATE section found"), "{error}");
+    }
 }

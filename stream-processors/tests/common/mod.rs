@@ -47,14 +47,15 @@ pub fn producer(config: &Config) -> FutureProducer {
         .expect("producer configuration is valid")
 }
 
-/// Produces a record and waits for its acknowledgement.
+/// Produces a record and waits for its acknowledgement. Returns the partition and offset
+/// the record was written at.
 pub async fn send_bytes(
     producer: &FutureProducer,
     topic: &str,
     key: &str,
     value: &[u8],
     partition: Option<i32>,
-) {
+) -> (i32, i64) {
     let headers = OwnedHeaders::new()
         .insert(Header {
             key: fieldforce_schemas::headers::CONTENT_TYPE,
@@ -71,11 +72,12 @@ pub async fn send_bytes(
     if let Some(partition) = partition {
         record = record.partition(partition);
     }
-    producer
+    let delivery = producer
         .send(record, Timeout::After(Duration::from_secs(30)))
         .await
         .map_err(|(error, _)| error)
         .expect("the local Kafka accepts the record");
+    (delivery.partition, delivery.offset)
 }
 
 /// Produces a contract record keyed by `key`.
