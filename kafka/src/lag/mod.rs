@@ -215,6 +215,8 @@ impl GroupSampler {
 
         let mut wanted = TopicPartitionList::new();
         for topic in topics {
+            // NOTE: a topic whose metadata lists no partitions (missing, or not yet known to
+            // the broker) adds nothing here, so the group shows zero lag on it.
             let metadata = reader.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
             for partition in metadata
                 .topics()
