@@ -1,5 +1,5 @@
 # S3-compatible server: build it from the Go module proxy, start it, wait until
-# it serves an HTTP request, stop. It stands in for a cloud bucket when the
+# it serves an HTTP request, stop. It replaces a cloud bucket when the
 # gateway's S3 blob store is tested. Sourced by stack/stack.sh after common.sh.
 
 S3_BIN=$STACK_BIN_DIR/s3-server

@@ -4,10 +4,10 @@
 //!
 //! A batch's bulk write runs in its own task while the loop decodes and builds the next
 //! batch, so that the sink's own work overlaps the store's. One write is in flight at a time,
-//! which keeps each partition's batches in order and bounds memory to two batches besides
-//! librdkafka's prefetch queue: once the next batch is full, the loop stops reading until the
-//! write in flight returns. The next batch's write starts before the finished batch's events
-//! are published.
+//! which keeps each partition's batches in order. It also bounds memory to two batches
+//! besides librdkafka's prefetch queue, because the loop stops reading once the next batch is
+//! full until the write in flight returns. The next batch's write starts before the finished
+//! batch's events are published.
 //!
 //! A transient failure pauses the assigned partitions and retries the same batch with capped
 //! exponential backoff; the consumer keeps polling meanwhile so that the group does not evict
@@ -100,7 +100,7 @@ struct InFlight {
     write: JoinHandle<WriteOutput>,
 }
 
-/// What a write task returns: the batch's documents, for a retry, and the result of the write.
+/// The output of a write task: the batch's documents, kept for a retry, and the write's result.
 type WriteOutput = (
     Vec<StoredDocument>,
     Result<Vec<DocumentOutcome>, StoreError>,
