@@ -65,10 +65,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), SinkError> {
         return Ok(());
     }
 
-    let mut client_config = consumer_config(&config.kafka, &group_id);
-    // Caps what librdkafka prefetches per partition, so that memory stays flat while a
-    // backlog drains or while the partitions are paused during a store outage.
-    client_config.set("queued.max.messages.kbytes", "16384");
+    let client_config = consumer_config(&config.kafka, &group_id);
     let context = consumer::SinkContext::new(metrics.clone());
     let tracker = context.shared_tracker();
     let consumer: Arc<StreamConsumer<consumer::SinkContext>> =
