@@ -140,12 +140,18 @@ pub trait IndexStore: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct MongoIndexStore {
     collection: Collection<Document>,
+    /// Random id of this process, written into each entry it saves, so that its refreshes
+    /// read only the entries of other replicas.
+    writer: String,
 }
 
 impl MongoIndexStore {
-    /// Uses the given collection.
+    /// Uses the given collection, with a new writer id.
     pub fn new(collection: Collection<Document>) -> Self {
-        Self { collection }
+        Self {
+            collection,
+            writer: uuid::Uuid::new_v4().simple().to_string(),
+        }
     }
 }
 
@@ -183,7 +189,7 @@ impl IndexStore for MongoIndexStore {
         Box::pin(async move {
             let documents = entries
                 .iter()
-                .map(|(key, entry)| entry_to_document(key, entry))
+                .map(|(key, entry)| entry_to_document(key, entry, &self.writer))
                 .collect::<Result<Vec<_>, _>>()?;
 
             // Most entries are first revisions of new instances, so one unordered insert
@@ -218,13 +224,14 @@ impl IndexStore for MongoIndexStore {
             };
 
             // One equality query per bucket rather than a range, because FerretDB 1.24
-            // reads the whole table for a range filter but passes an equality to SQL.
+            // reads the whole table for a range filter but passes an equality to SQL. The
+            // keys this process wrote are in its filter already, and skipping them in the
+            // query keeps a lone gateway's refresh from reading back every entry it wrote.
             let mut count = 0;
             let last = received_bucket(bson::DateTime::now());
             for bucket in received_bucket(since)..=last {
-                count += self
-                    .visit_matching_keys(doc! { "received_bucket": bucket }, visit)
-                    .await?;
+                let filter = doc! { "received_bucket": bucket, "writer": { "$ne": &self.writer } };
+                count += self.visit_matching_keys(filter, visit).await?;
             }
             Ok(count)
         })
@@ -284,7 +291,11 @@ fn duplicate_positions(error: mongodb::error::Error) -> Result<Vec<usize>, Index
     Ok(write_errors.iter().map(|failed| failed.index).collect())
 }
 
-fn entry_to_document(key: &str, entry: &IndexEntry) -> Result<Document, IndexStoreError> {
+fn entry_to_document(
+    key: &str,
+    entry: &IndexEntry,
+    writer: &str,
+) -> Result<Document, IndexStoreError> {
     let attachments =
         bson::to_bson(&entry.attachments).map_err(|error| IndexStoreError::Invalid {
             key: key.to_owned(),
@@ -299,6 +310,7 @@ fn entry_to_document(key: &str, entry: &IndexEntry) -> Result<Document, IndexSto
         "attachments": attachments,
         "received_at": received_at,
         "received_bucket": received_bucket(received_at),
+        "writer": writer,
     })
 }
 
@@ -816,7 +828,7 @@ mod tests {
             content_type: "image/jpeg".into(),
             blob_uri: "file:///x".into(),
         });
-        let document = entry_to_document("org/uuid:1", &original).unwrap();
+        let document = entry_to_document("org/uuid:1", &original, "writer").unwrap();
         assert_eq!(
             entry_from_document("org/uuid:1", &document).unwrap(),
             original

@@ -17,10 +17,13 @@ use support::test_config;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The MongoDB store, counting the keys that lookups read from it.
+/// The MongoDB store, counting the keys that lookups read from it and the refreshes (key
+/// reads after a time) with the keys they passed on.
 struct CountingStore {
     inner: MongoIndexStore,
     looked_up: AtomicUsize,
+    refreshes: AtomicUsize,
+    refreshed_keys: AtomicUsize,
 }
 
 impl IndexStore for CountingStore {
@@ -44,7 +47,19 @@ impl IndexStore for CountingStore {
         since: Option<bson::DateTime>,
         visit: &'a (dyn Fn(&str) + Send + Sync),
     ) -> BoxFuture<'a, Result<u64, IndexStoreError>> {
-        self.inner.visit_keys(since, visit)
+        Box::pin(async move {
+            let counted = |key: &str| {
+                if since.is_some() {
+                    self.refreshed_keys.fetch_add(1, Ordering::SeqCst);
+                }
+                visit(key);
+            };
+            let visited = self.inner.visit_keys(since, &counted).await;
+            if since.is_some() {
+                self.refreshes.fetch_add(1, Ordering::SeqCst);
+            }
+            visited
+        })
     }
 }
 
@@ -58,6 +73,8 @@ async fn counting_store(config: &Config) -> Arc<CountingStore> {
     Arc::new(CountingStore {
         inner: MongoIndexStore::new(collection),
         looked_up: AtomicUsize::new(0),
+        refreshes: AtomicUsize::new(0),
+        refreshed_keys: AtomicUsize::new(0),
     })
 }
 
@@ -148,6 +165,61 @@ async fn key_from_other_index_is_found_after_refresh() {
 
     let found = poll("key written by another index", || reader.get(&key)).await;
     assert_eq!(found, accepted);
+}
+
+#[tokio::test]
+async fn refresh_skips_own_entries() {
+    let config = test_config();
+    let store = counting_store(&config).await;
+    let index = SubmissionIndex::new(Some(store.clone()), &settings(&config));
+    wait_for_filter(&index).await;
+
+    for _ in 0..50 {
+        index.insert(new_key(), entry(0));
+    }
+    index.flush(DEADLINE).await;
+    let refreshes_before = store.refreshes.load(Ordering::SeqCst);
+    poll("two refreshes after the writes", || async {
+        (store.refreshes.load(Ordering::SeqCst) >= refreshes_before + 2).then_some(())
+    })
+    .await;
+
+    assert_eq!(
+        store.refreshed_keys.load(Ordering::SeqCst),
+        0,
+        "a refresh must not read back the entries of its own process"
+    );
+}
+
+#[tokio::test]
+async fn entry_without_writer_is_found_after_refresh() {
+    let config = test_config();
+    let reader = SubmissionIndex::new(Some(counting_store(&config).await), &settings(&config));
+    wait_for_filter(&reader).await;
+
+    // An entry as written before entries named their writer: the refresh still reads it.
+    let key = new_key();
+    let client = mongodb::Client::with_uri_str(&config.mongodb.uri)
+        .await
+        .expect("mongodb uri is valid");
+    let now = bson::DateTime::now();
+    client
+        .database(&config.mongodb.database)
+        .collection::<bson::Document>(&config.gateway.index_collection)
+        .insert_one(bson::doc! {
+            "_id": &key,
+            "sha256": "ab".repeat(32),
+            "root_id": "root",
+            "revision": 0_i64,
+            "attachments": [],
+            "received_at": now,
+            "received_bucket": now.timestamp_millis().div_euclid(5_000),
+        })
+        .await
+        .expect("inserting an entry failed");
+
+    let found = poll("entry without a writer", || reader.get(&key)).await;
+    assert_eq!(found.root_id, "root");
 }
 
 #[tokio::test]
