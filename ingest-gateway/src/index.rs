@@ -814,7 +814,8 @@ async fn write_behind(
 mod tests {
     use super::*;
 
-    fn entry(revision: u32) -> IndexEntry {
+    /// Builds an entry without attachments, for the tests of this module and of `cache`.
+    pub(super) fn entry(revision: u32) -> IndexEntry {
         IndexEntry {
             content_sha256: "00".into(),
             root_id: "root".into(),

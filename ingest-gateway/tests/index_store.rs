@@ -177,7 +177,7 @@ async fn evicted_own_key_is_read_from_store() {
 async fn idle_key_read_from_store() {
     let config = test_config();
     let settings = IndexSettings {
-        cache_idle: Duration::from_millis(200),
+        cache_idle: Duration::from_secs(1),
         refresh_interval: Duration::from_secs(3_600),
         ..IndexSettings::from_config(&config.gateway)
     };
@@ -188,7 +188,6 @@ async fn idle_key_read_from_store() {
     let (key, accepted) = (new_key(), entry(4));
     index.insert(key.clone(), accepted.clone());
     index.flush(DEADLINE).await;
-    assert_eq!(index.cached_entries(), 1);
 
     poll("idle entry removed from memory", || async {
         (index.cached_entries() == 0).then_some(())

@@ -171,17 +171,9 @@ fn is_latest(slots: &HashMap<String, Slot>, key: &str, use_number: u64) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::tests::entry;
 
     const IDLE: Duration = Duration::from_secs(60);
-
-    fn entry(revision: u32) -> IndexEntry {
-        IndexEntry {
-            content_sha256: "00".into(),
-            root_id: "root".into(),
-            revision,
-            attachments: Vec::new(),
-        }
-    }
 
     #[test]
     fn full_cache_evicts_least_recently_used() {
