@@ -12,6 +12,10 @@
 //! written by other replicas become known. Keys this process accepts go into it at once.
 //! Until the first full read finishes, every miss of the map goes to the store.
 //!
+//! The map drops an entry after `index_cache_idle_ms` without a read or a write, so that
+//! its memory goes back down after a burst. A later post of that instance reads the entry
+//! from the store again.
+//!
 //! A filter in memory was chosen over making each lookup cheaper, because the store is the
 //! bottleneck: FerretDB 1.24 over PostgreSQL pushes neither `$in` nor range filters down to
 //! SQL (its "Query pushdown" documentation page lists only `=`, `$eq` and `$ne` on
@@ -24,14 +28,16 @@
 //!
 //! Accepted entries are written behind in batches after their delivery report, so the store
 //! receives a few writes per burst rather than one per submission. When the store is
-//! unreachable the gateway warns and goes on with memory alone. The sink stays the final
-//! arbiter, since it keeps the highest revision and ignores identical duplicates.
+//! unreachable the gateway warns and goes on with memory alone. An entry that never reached
+//! the store is forgotten once it is evicted or idle, and a resend of it then counts as new.
+//! The sink stays the final arbiter, since it keeps the highest revision and ignores
+//! identical duplicates.
 //!
 //! NOTE: the per-key lock is per process, and a replica learns the keys of other replicas
 //! only at its next refresh. Two replicas that receive the same instanceID within one
 //! `index_refresh_ms` can both produce it as new; the sink then drops the duplicate.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -45,6 +51,10 @@ use mongodb::{Collection, IndexModel};
 use tokio::sync::{OwnedMutexGuard, Semaphore, mpsc, oneshot};
 
 use crate::filter::KeyFilter;
+
+mod cache;
+
+use cache::IndexCache;
 
 /// Entries the write-behind task stores in one round.
 const WRITE_BATCH: usize = 500;
@@ -73,8 +83,11 @@ const REFRESH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lookups waiting for a query before new ones skip the store.
 const LOOKUP_QUEUE: usize = 4_096;
 /// Entries waiting for the write-behind task before new ones are dropped from it (the
-/// in-memory map still holds them).
+/// in-memory map keeps them until they are evicted or idle).
 const WRITE_QUEUE: usize = 10_000;
+/// Idle entries removed from memory under one hold of the cache lock. Each removal frees at
+/// least four allocations: two copies of the key, the hash and the root id.
+const IDLE_REMOVAL_BATCH: usize = 4_096;
 /// How long the store is left alone after a failure.
 const STORE_BACKOFF: Duration = Duration::from_secs(10);
 /// Minimum time between two warnings about the store.
@@ -345,28 +358,6 @@ fn entry_from_document(key: &str, document: &Document) -> Result<IndexEntry, Ind
     })
 }
 
-/// A map capped at a number of entries that evicts the oldest inserted first.
-#[derive(Debug, Default)]
-struct BoundedMap {
-    entries: HashMap<String, IndexEntry>,
-    order: VecDeque<String>,
-    capacity: usize,
-}
-
-impl BoundedMap {
-    fn insert(&mut self, key: String, entry: IndexEntry) {
-        if self.entries.insert(key.clone(), entry).is_none() {
-            self.order.push_back(key);
-        }
-        while self.entries.len() > self.capacity {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            self.entries.remove(&oldest);
-        }
-    }
-}
-
 /// Logs a repeated warning at most once per interval, with the count of those left out.
 #[derive(Debug, Default)]
 struct WarnLimiter {
@@ -433,8 +424,10 @@ type Lookup = (String, oneshot::Sender<Option<Option<IndexEntry>>>);
 /// Sizes and intervals of the submission index.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexSettings {
-    /// Entries kept in memory before the oldest are evicted.
+    /// Entries kept in memory before the least recently used are evicted.
     pub cache_entries: usize,
+    /// Time without a read or a write after which an entry leaves memory.
+    pub cache_idle: Duration,
     /// Maximum duration of a store lookup before it counts as a miss.
     pub timeout: Duration,
     /// Keys the Bloom filter is sized for.
@@ -450,6 +443,7 @@ impl IndexSettings {
     pub fn from_config(config: &GatewayConfig) -> Self {
         Self {
             cache_entries: config.index_cache_entries,
+            cache_idle: Duration::from_millis(config.index_cache_idle_ms),
             timeout: Duration::from_millis(config.index_timeout_ms),
             filter_keys: config.index_filter_keys,
             filter_false_positive_rate: config.index_filter_false_positive_rate,
@@ -468,7 +462,7 @@ struct KnownKeys {
 /// The submission index shared by every request.
 pub struct SubmissionIndex {
     created: Instant,
-    cache: Mutex<BoundedMap>,
+    cache: Arc<Mutex<IndexCache>>,
     timeout: Duration,
     known: Option<Arc<KnownKeys>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -480,10 +474,19 @@ pub struct SubmissionIndex {
 }
 
 impl SubmissionIndex {
-    /// Creates the index with an optional persistent store and, with a store, starts its
-    /// lookup, write-behind and filter tasks.
+    /// Creates the index with an optional persistent store and starts the task that drops
+    /// idle entries from memory. With a store it also starts its lookup, write-behind and
+    /// filter tasks.
     pub fn new(store: Option<Arc<dyn IndexStore>>, settings: &IndexSettings) -> Self {
         let timeout = settings.timeout;
+        let cache = Arc::new(Mutex::new(IndexCache::new(
+            settings.cache_entries,
+            settings.cache_idle,
+        )));
+        tokio::spawn(remove_idle_entries(
+            Arc::downgrade(&cache),
+            settings.cache_idle,
+        ));
         let health = Arc::new(StoreHealth::default());
         let known = store.as_ref().map(|store| {
             let known = Arc::new(KnownKeys {
@@ -516,10 +519,7 @@ impl SubmissionIndex {
         };
         Self {
             created: Instant::now(),
-            cache: Mutex::new(BoundedMap {
-                capacity: settings.cache_entries,
-                ..BoundedMap::default()
-            }),
+            cache,
             timeout,
             known,
             locks: Mutex::new(HashMap::new()),
@@ -662,12 +662,19 @@ impl SubmissionIndex {
         }
     }
 
-    fn cached(&self, key: &str) -> Option<IndexEntry> {
-        let cache = self
-            .cache
+    /// Returns the number of entries in memory, idle ones not yet removed included.
+    pub fn cached_entries(&self) -> usize {
+        self.cache
             .lock()
-            .expect("index cache lock is never poisoned");
-        cache.entries.get(key).cloned()
+            .expect("index cache lock is never poisoned")
+            .len()
+    }
+
+    fn cached(&self, key: &str) -> Option<IndexEntry> {
+        self.cache
+            .lock()
+            .expect("index cache lock is never poisoned")
+            .get(key, Instant::now())
     }
 
     fn remember(&self, key: String, entry: IndexEntry) {
@@ -675,7 +682,7 @@ impl SubmissionIndex {
             .cache
             .lock()
             .expect("index cache lock is never poisoned");
-        cache.insert(key, entry);
+        cache.insert(key, entry, Instant::now());
     }
 }
 
@@ -776,6 +783,31 @@ async fn track_store_keys(
     }
 }
 
+/// Removes entries idle for `idle_limit` from memory, checking four times per limit, until
+/// the index is dropped. An entry therefore stays up to a quarter of the limit past it.
+async fn remove_idle_entries(cache: Weak<Mutex<IndexCache>>, idle_limit: Duration) {
+    let mut ticks = tokio::time::interval((idle_limit / 4).max(Duration::from_millis(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        loop {
+            let Some(index_cache) = cache.upgrade() else {
+                return;
+            };
+            let done = index_cache
+                .lock()
+                .expect("index cache lock is never poisoned")
+                .remove_idle(Instant::now(), IDLE_REMOVAL_BATCH);
+            drop(index_cache);
+            if done {
+                break;
+            }
+            // Requests wait for the lock meanwhile, so a large removal is split.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 async fn write_behind(
     store: Arc<dyn IndexStore>,
     mut receiver: mpsc::Receiver<(String, IndexEntry)>,
@@ -794,28 +826,14 @@ async fn write_behind(
 mod tests {
     use super::*;
 
-    fn entry(revision: u32) -> IndexEntry {
+    /// Builds an entry without attachments, for the tests of this module and of `cache`.
+    pub(super) fn entry(revision: u32) -> IndexEntry {
         IndexEntry {
             content_sha256: "00".into(),
             root_id: "root".into(),
             revision,
             attachments: Vec::new(),
         }
-    }
-
-    #[test]
-    fn bounded_map_evicts_oldest() {
-        let mut map = BoundedMap {
-            capacity: 2,
-            ..BoundedMap::default()
-        };
-        map.insert("a".into(), entry(0));
-        map.insert("b".into(), entry(0));
-        map.insert("a".into(), entry(1));
-        map.insert("c".into(), entry(0));
-        assert!(!map.entries.contains_key("a"));
-        assert!(map.entries.contains_key("b"));
-        assert!(map.entries.contains_key("c"));
     }
 
     #[test]

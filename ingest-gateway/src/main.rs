@@ -5,6 +5,12 @@ use anyhow::Context;
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::{shutdown, telemetry};
 
+/// mimalloc rather than glibc malloc, because glibc kept the pages freed after a load (the
+/// submission index's idle entries included) and the gateway's resident memory stayed at
+/// its peak (docs/benchmarks/gateway.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::load_from_env()?;

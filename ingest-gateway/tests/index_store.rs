@@ -245,6 +245,35 @@ async fn evicted_own_key_is_read_from_store() {
     assert_eq!(store.looked_up.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test]
+async fn idle_key_read_from_store() {
+    let config = test_config();
+    let settings = IndexSettings {
+        cache_idle: Duration::from_secs(1),
+        refresh_interval: Duration::from_secs(3_600),
+        ..IndexSettings::from_config(&config.gateway)
+    };
+    let store = counting_store(&config).await;
+    let index = SubmissionIndex::new(Some(store.clone()), &settings);
+    wait_for_filter(&index).await;
+
+    let (key, accepted) = (new_key(), entry(4));
+    index.insert(key.clone(), accepted.clone());
+    index.flush(DEADLINE).await;
+
+    poll("idle entry removed from memory", || async {
+        (index.cached_entries() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(index.get(&key).await, Some(accepted));
+    assert_eq!(store.looked_up.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        index.cached_entries(),
+        1,
+        "the store's answer is cached again"
+    );
+}
+
 /// The MongoDB store whose key read never finishes, as under a store too slow to list keys.
 struct StuckKeyRead(MongoIndexStore);
 

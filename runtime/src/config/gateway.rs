@@ -67,8 +67,13 @@ pub struct GatewayConfig {
     /// Default `default`.
     pub default_project: String,
     /// Entries of the in-memory submission index (the recent instanceIDs and their content
-    /// hashes) kept before the oldest are evicted. Default 100000.
+    /// hashes) kept before the least recently used are evicted. Default 100000.
     pub index_cache_entries: usize,
+    /// Time after which an entry of the in-memory submission index that was neither read nor
+    /// written leaves memory, in milliseconds. Idle entries are removed up to a quarter of
+    /// this later, so memory goes back down after a burst, and a later post of the same
+    /// instance reads its entry from MongoDB again. Default 300000 (5 minutes).
+    pub index_cache_idle_ms: u64,
     /// MongoDB collection, in the `[mongodb]` database, that keeps the submission index.
     /// Default `submission_index`.
     pub index_collection: String,
@@ -191,6 +196,7 @@ impl Default for GatewayConfig {
             s3_timeout_ms: 10_000,
             default_project: "default".to_owned(),
             index_cache_entries: 100_000,
+            index_cache_idle_ms: 300_000,
             index_collection: "submission_index".to_owned(),
             index_timeout_ms: 1_000,
             index_filter_keys: 10_000_000,
@@ -222,6 +228,7 @@ impl GatewayConfig {
                 self.producer_queue_max_messages,
             ),
             ("index_cache_entries", self.index_cache_entries as u64),
+            ("index_cache_idle_ms", self.index_cache_idle_ms),
             ("index_timeout_ms", self.index_timeout_ms),
             ("index_filter_keys", self.index_filter_keys),
             ("index_refresh_ms", self.index_refresh_ms),
