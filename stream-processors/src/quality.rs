@@ -5,6 +5,7 @@
 //! and fall back to [`QualityThresholds::default`]. Every time used is taken from the record
 //! (answers and `received_at_ms`), never from the wall clock, so a replay scores the same.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -521,10 +522,10 @@ fn timing_flags(
 /// Returns the SHA-256 of the device id and the answers without bookkeeping fields, in a
 /// stable order.
 fn answers_fingerprint(device: &str, fields: &Map<String, Value>) -> Fingerprint {
-    let mut answers: Vec<(String, String)> = leaves(fields)
+    let mut answers: Vec<(String, Cow<'_, str>)> = leaves(fields)
         .into_iter()
         .filter(|(path, _)| !is_bookkeeping(path))
-        .filter_map(|(path, value)| leaf_text(value).map(|text| (path, text.into_owned())))
+        .filter_map(|(path, value)| leaf_text(value).map(|text| (path, text)))
         .collect();
     answers.sort();
     let mut hasher = Sha256::new();
