@@ -2,9 +2,9 @@
 //!
 //! The geo and quality processors each set their own sections of a processed submission and
 //! pass the others on. Encoding the passed-on sections again, above all the submission with
-//! its answers, took more CPU than a stage's own checks. So a stage decodes every section into
-//! its type as before, but writes the sections it does not own as the JSON text they arrived
-//! in. For a record written by this crate's encoder the output bytes are the same as a full
+//! its answers, was a large part of a stage's CPU time in `perf` profiles. So a stage decodes
+//! every section into its type as before, but writes the sections it does not own as the JSON
+//! text they arrived in. For a record written by this crate's encoder the output bytes are the same as a full
 //! re-encoding. A record from another encoder keeps that encoder's spacing, escapes and
 //! unknown fields inside the sections passed on.
 
@@ -56,7 +56,8 @@ pub struct ProcessedRecord<'a> {
 
 impl<'a> ProcessedRecord<'a> {
     /// Decodes a record's value, or classifies it as undecodable. A value is accepted or
-    /// rejected exactly as [`crate::pipeline::decode_value`] would.
+    /// rejected, with the same reason code, as [`crate::pipeline::decode_value`] would. The
+    /// line and column in the detail of an error inside a section count from that section.
     pub fn decode(message: &'a OwnedMessage) -> Result<Self, Unprocessable> {
         let Some(payload) = message.payload() else {
             return Err(Unprocessable {
@@ -159,7 +160,7 @@ mod tests {
 
     use super::*;
 
-    /// A submission with every optional part set, so that a section missing from
+    /// Builds a submission with every optional part set, so that a section missing from
     /// [`Sections`] shows as a difference in the encoding.
     fn complete() -> ProcessedSubmission {
         let fields = json!({
