@@ -15,7 +15,7 @@ use fieldforce_kafka::catalog::{
 };
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
-use fieldforce_schemas::codec::{Contract, encode};
+use fieldforce_schemas::codec::Contract;
 use fieldforce_schemas::form::FormDefinition;
 use fieldforce_schemas::odk::{self, GeoVertex};
 use fieldforce_schemas::project::ProjectSettings;
@@ -27,7 +27,8 @@ use crate::ProcessorError;
 use crate::error::Unprocessable;
 use crate::fields::{leaf_text, leaves, texts_at};
 use crate::geofence::FenceIndex;
-use crate::pipeline::{self, Output, StageSpec, Transform, decode_value};
+use crate::pipeline::{self, Output, StageSpec, Transform};
+use crate::record::{OwnSections, ProcessedRecord};
 use crate::registry::{Registry, caught_up_registry};
 
 /// Topics and consumer group of the geo processor.
@@ -111,11 +112,11 @@ impl Locator {
 
 impl Transform for Locator {
     fn transform(&self, message: &OwnedMessage) -> Result<Output, Unprocessable> {
-        let mut processed: ProcessedSubmission = decode_value(message)?;
-        processed.location = Some(self.locate(&processed));
+        let mut record = ProcessedRecord::decode(message)?;
+        record.processed.location = Some(self.locate(&record.processed));
         Ok(Output {
-            key: processed.submission.submission_id.clone(),
-            value: encode(&processed),
+            value: record.encode(OwnSections::Location),
+            key: record.processed.submission.submission_id,
             schema: ProcessedSubmission::schema_header(),
         })
     }

@@ -28,6 +28,7 @@ pub mod geofence;
 pub mod metrics;
 pub mod pipeline;
 pub mod quality;
+pub mod record;
 pub mod registry;
 pub mod validate;
 pub mod webhooks;

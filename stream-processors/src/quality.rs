@@ -5,6 +5,7 @@
 //! and fall back to [`QualityThresholds::default`]. Every time used is taken from the record
 //! (answers and `received_at_ms`), never from the wall clock, so a replay scores the same.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -14,11 +15,12 @@ use fieldforce_kafka::catalog::{
 };
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
-use fieldforce_schemas::codec::{Contract, encode};
+use fieldforce_schemas::codec::Contract;
 use fieldforce_schemas::form::FormDefinition;
 use fieldforce_schemas::odk;
 use fieldforce_schemas::project::{ProjectSettings, QualityThresholds};
 use fieldforce_schemas::submission::{ProcessedSubmission, ProcessingStatus, Quality, QualityFlag};
+use foldhash::fast::RandomState;
 use rdkafka::message::OwnedMessage;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -27,7 +29,8 @@ use crate::ProcessorError;
 use crate::error::Unprocessable;
 use crate::fields::{first_text, leaf_text, leaves, texts_at};
 use crate::geo::{GPS_MISSING, GPS_NULL_ISLAND, GPS_OUT_OF_RANGE};
-use crate::pipeline::{self, Output, StageSpec, Transform, decode_value};
+use crate::pipeline::{self, Output, StageSpec, Transform};
+use crate::record::{OwnSections, ProcessedRecord};
 use crate::registry::{Registry, caught_up_registry};
 
 /// Topics and consumer group of the quality processor.
@@ -75,9 +78,9 @@ type Fingerprint = [u8; 32];
 struct RecentAnswers {
     capacity: usize,
     /// Submission id to its fingerprint; the ids are in `order`, oldest first.
-    by_submission: HashMap<Arc<str>, Fingerprint>,
+    by_submission: HashMap<Arc<str>, Fingerprint, RandomState>,
     /// Fingerprint to the remembered submissions with it and their receive times.
-    by_answers: HashMap<Fingerprint, Vec<(Arc<str>, i64)>>,
+    by_answers: HashMap<Fingerprint, Vec<(Arc<str>, i64)>, RandomState>,
     order: VecDeque<Arc<str>>,
 }
 
@@ -86,8 +89,8 @@ impl RecentAnswers {
         // One more than the capacity, because an entry is added before the oldest is dropped.
         Self {
             capacity,
-            by_submission: HashMap::with_capacity(capacity + 1),
-            by_answers: HashMap::with_capacity(capacity + 1),
+            by_submission: HashMap::with_capacity_and_hasher(capacity + 1, RandomState::default()),
+            by_answers: HashMap::with_capacity_and_hasher(capacity + 1, RandomState::default()),
             order: VecDeque::with_capacity(capacity + 1),
         }
     }
@@ -223,11 +226,11 @@ impl Scorer {
 
 impl Transform for Scorer {
     fn transform(&self, message: &OwnedMessage) -> Result<Output, Unprocessable> {
-        let mut processed: ProcessedSubmission = decode_value(message)?;
-        self.score(&mut processed);
+        let mut record = ProcessedRecord::decode(message)?;
+        self.score(&mut record.processed);
         Ok(Output {
-            key: processed.submission.submission_id.clone(),
-            value: encode(&processed),
+            value: record.encode(OwnSections::QualityAndStatus),
+            key: record.processed.submission.submission_id,
             schema: ProcessedSubmission::schema_header(),
         })
     }
@@ -519,10 +522,10 @@ fn timing_flags(
 /// Returns the SHA-256 of the device id and the answers without bookkeeping fields, in a
 /// stable order.
 fn answers_fingerprint(device: &str, fields: &Map<String, Value>) -> Fingerprint {
-    let mut answers: Vec<(String, String)> = leaves(fields)
+    let mut answers: Vec<(String, Cow<'_, str>)> = leaves(fields)
         .into_iter()
         .filter(|(path, _)| !is_bookkeeping(path))
-        .filter_map(|(path, value)| leaf_text(value).map(|text| (path, text.into_owned())))
+        .filter_map(|(path, value)| leaf_text(value).map(|text| (path, text)))
         .collect();
     answers.sort();
     let mut hasher = Sha256::new();
