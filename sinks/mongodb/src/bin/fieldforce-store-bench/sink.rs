@@ -473,8 +473,8 @@ async fn run_raw(client: &Client, config: &Config, documents: usize) -> anyhow::
 
 /// Counts the documents of the sink's collection, after the run so that the scan does not
 /// slow it down.
-// NOTE: FerretDB 1.24 reads every document to count them; after a 1,000,000-document drain
-// its resident memory reached 20 GB here, so rounds of that size are not usable yet.
+// NOTE: FerretDB 1.24 appears to load every document to count them: after a 1,000,000-document
+// drain its resident memory reached 20 GB, so rounds of that size are not usable yet.
 async fn count_stored(config: &Config) -> anyhow::Result<usize> {
     let client = Client::with_uri_str(&config.mongodb.uri).await?;
     let count = client
