@@ -57,7 +57,7 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         // resident memory while a backlog drains; 16 MiB keeps every partition fed.
         .set("queued.max.messages.kbytes", "16384")
         // With a full prefetch queue librdkafka postpones the partition's next fetch by this
-        // long; its default of a second left the consumer idle once the queue drained.
+        // long. Its default of a second left the consumer idle once the queue drained.
         .set("fetch.queue.backoff.ms", "10");
     for (key, value) in kafka.client_properties() {
         config.set(key, value);
