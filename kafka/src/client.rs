@@ -54,7 +54,8 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         // Fetch to the committed offset only, never past an open transaction.
         .set("isolation.level", "read_committed")
         // librdkafka prefetches up to 64 MiB by default, the largest part of a consumer's
-        // resident memory while a backlog drains; 16 MiB keeps every partition fed.
+        // resident memory while a backlog drains. 16 MiB kept six partitions fed in the
+        // processor benchmarks.
         .set("queued.max.messages.kbytes", "16384")
         // With a full prefetch queue librdkafka postpones the partition's next fetch by this
         // long. Its default of a second left the consumer idle once the queue drained.
