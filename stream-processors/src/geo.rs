@@ -25,7 +25,7 @@ use rdkafka::message::OwnedMessage;
 
 use crate::ProcessorError;
 use crate::error::Unprocessable;
-use crate::fields::{leaf_text, leaves, texts_at};
+use crate::fields::{Answer, for_each_leaf, leaf_text, texts_at};
 use crate::geofence::FenceIndex;
 use crate::pipeline::{self, Output, StageSpec, Transform};
 use crate::record::{OwnSections, ProcessedRecord};
@@ -182,7 +182,8 @@ fn static_type(data_type: &str) -> Option<&'static str> {
 }
 
 fn find_geometries(processed: &ProcessedSubmission, form: Option<&FormDefinition>) -> Vec<Found> {
-    let fields = &processed.submission.fields;
+    let fields = Answer::group_of(&processed.submission.fields);
+    let fields = &fields;
     let mut found = Vec::new();
     let mut push = |path: &str, data_type: &'static str, text: &str| {
         if let Ok(vertices) = odk::parse_geopoints(text)
@@ -219,14 +220,13 @@ fn find_geometries(processed: &ProcessedSubmission, form: Option<&FormDefinition
             }
         }
         None => {
-            for (path, value) in leaves(fields) {
-                let Some(text) = leaf_text(value) else {
-                    continue;
-                };
-                if let Some(data_type) = geometry_type_of(&text) {
-                    push(&path, data_type, &text);
+            for_each_leaf(fields, |path, answer| {
+                if let Some(text) = leaf_text(answer)
+                    && let Some(data_type) = geometry_type_of(&text)
+                {
+                    push(path, data_type, &text);
                 }
-            }
+            });
         }
     }
     found

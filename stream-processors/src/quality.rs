@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, FixedOffset, Timelike};
@@ -21,16 +22,16 @@ use fieldforce_schemas::odk;
 use fieldforce_schemas::project::{ProjectSettings, QualityThresholds};
 use fieldforce_schemas::submission::{ProcessedSubmission, ProcessingStatus, Quality, QualityFlag};
 use foldhash::fast::RandomState;
+use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::ProcessorError;
 use crate::error::Unprocessable;
-use crate::fields::{first_text, leaf_text, leaves, texts_at};
+use crate::fields::{Answer, first_text, for_each_leaf, has_text_at, leaf_text};
 use crate::geo::{GPS_MISSING, GPS_NULL_ISLAND, GPS_OUT_OF_RANGE};
 use crate::pipeline::{self, Output, StageSpec, Transform};
-use crate::record::{OwnSections, ProcessedRecord};
+use crate::record::{OwnSections, ProcessedRecord, ProcessedView, append_members};
 use crate::registry::{Registry, caught_up_registry};
 
 /// Topics and consumer group of the quality processor.
@@ -168,14 +169,16 @@ impl Scorer {
         }
     }
 
-    /// Scores a submission and sets its quality section and processing status.
-    pub fn score(&self, processed: &mut ProcessedSubmission) {
-        let submission = &processed.submission;
-        let thresholds = self
+    /// Scores a located submission: its quality section and processing status.
+    pub fn assess(&self, view: &ProcessedView<'_>) -> (Quality, ProcessingStatus) {
+        let submission = &view.submission;
+        let settings = self
             .projects
-            .project(&submission.org_id, &submission.project_id)
-            .map(|settings| settings.quality.clone())
-            .unwrap_or_default();
+            .project(&submission.org_id, &submission.project_id);
+        let default_thresholds = QualityThresholds::default();
+        let thresholds = settings
+            .as_deref()
+            .map_or(&default_thresholds, |settings| &settings.quality);
         let form = self.forms.form(
             &submission.org_id,
             &submission.project_id,
@@ -183,19 +186,18 @@ impl Scorer {
             submission.form_version.as_deref(),
         );
 
-        let mut flags = if submission.encrypted.is_some() {
+        let encrypted = submission.encrypted.is_some();
+        let mut flags = if encrypted {
             vec![QualityFlag {
                 check: "encrypted".to_owned(),
                 penalty: 0,
                 reason: "content is encrypted, so no content check ran".to_owned(),
             }]
         } else {
-            content_flags(processed, form.as_deref(), &thresholds)
+            content_flags(view, form.as_deref(), thresholds)
         };
 
-        if submission.encrypted.is_none()
-            && let Some(device) = &submission.device_id
-        {
+        if !encrypted && let Some(device) = &submission.device_id {
             let fingerprint = answers_fingerprint(device, &submission.fields);
             let earlier = self
                 .recent
@@ -219,18 +221,41 @@ impl Scorer {
 
         let lost: u32 = flags.iter().map(|flag| u32::from(flag.penalty)).sum();
         let score = 100u32.saturating_sub(lost) as u8;
-        processed.processing_status = Some(status(processed));
-        processed.quality = Some(Quality { score, flags });
+        (Quality { score, flags }, status(view))
     }
 }
 
 impl Transform for Scorer {
     fn transform(&self, message: &OwnedMessage) -> Result<Output, Unprocessable> {
-        let mut record = ProcessedRecord::decode(message)?;
-        self.score(&mut record.processed);
+        let view = ProcessedView::decode(message)?;
+        let (quality, status) = self.assess(&view);
+        let value = if view.has_quality || view.has_processing_status {
+            // A record that was scored before, such as a replay from another topic, gets its
+            // sections replaced in place.
+            let mut record = ProcessedRecord::decode(message)?;
+            record.processed.quality = Some(quality);
+            record.processed.processing_status = Some(status);
+            record.encode(OwnSections::QualityAndStatus)
+        } else {
+            // The contract types have no map with non-string keys and no fallible Serialize.
+            let quality = serde_json::to_vec(&quality).expect("quality always serializes");
+            let status = serde_json::to_vec(&status).expect("status always serializes");
+            message
+                .payload()
+                .and_then(|value| {
+                    append_members(
+                        value,
+                        &[("quality", &quality), ("processing_status", &status)],
+                    )
+                })
+                .ok_or_else(|| Unprocessable {
+                    code: "undecodable",
+                    detail: "the record value is not a JSON object".to_owned(),
+                })?
+        };
         Ok(Output {
-            value: record.encode(OwnSections::QualityAndStatus),
-            key: record.processed.submission.submission_id,
+            value,
+            key: view.submission.submission_id.into_owned(),
             schema: ProcessedSubmission::schema_header(),
         })
     }
@@ -261,12 +286,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ProcessorErro
 
 /// Returns the overall status, deciding by encryption first, then missing attachments, then
 /// validation.
-pub fn status(processed: &ProcessedSubmission) -> ProcessingStatus {
-    if processed.submission.encrypted.is_some() {
+pub fn status(view: &ProcessedView<'_>) -> ProcessingStatus {
+    if view.submission.encrypted.is_some() {
         ProcessingStatus::Encrypted
-    } else if !processed.submission.missing_attachments.is_empty() {
+    } else if !view.submission.missing_attachments.is_empty() {
         ProcessingStatus::AwaitingAttachments
-    } else if processed
+    } else if view
         .validation
         .as_ref()
         .is_some_and(|validation| !validation.valid)
@@ -292,11 +317,11 @@ fn is_bookkeeping(path: &str) -> bool {
 
 /// Runs every check that reads the answers and the location.
 fn content_flags(
-    processed: &ProcessedSubmission,
+    view: &ProcessedView<'_>,
     form: Option<&FormDefinition>,
     thresholds: &QualityThresholds,
 ) -> Vec<QualityFlag> {
-    let submission = &processed.submission;
+    let submission = &view.submission;
     let mut flags = Vec::new();
 
     let (answered, total) = completeness(&submission.fields, form);
@@ -325,7 +350,7 @@ fn content_flags(
         thresholds,
     ));
 
-    if let Some(location) = &processed.location {
+    if let Some(location) = &view.location {
         if location
             .problems
             .iter()
@@ -378,7 +403,7 @@ fn content_flags(
 /// Returns the interview's start and end as the device recorded them, each with the device's
 /// own UTC offset, or `None` where the field is missing or not a dateTime.
 pub fn interview_times(
-    fields: &Map<String, Value>,
+    fields: &Answer<'_>,
 ) -> (Option<DateTime<FixedOffset>>, Option<DateTime<FixedOffset>>) {
     let read =
         |paths: &[&str]| first_text(fields, paths).and_then(|text| odk::parse_datetime(&text).ok());
@@ -387,30 +412,32 @@ pub fn interview_times(
 
 /// Counts answered and expected fields: the form's input fields when the form is known,
 /// otherwise the leaves present in the submission. Bookkeeping answers do not count.
-fn completeness(fields: &Map<String, Value>, form: Option<&FormDefinition>) -> (usize, usize) {
+fn completeness(fields: &Answer<'_>, form: Option<&FormDefinition>) -> (usize, usize) {
     match form {
         Some(form) => {
-            let expected: Vec<_> = form
-                .fields
-                .iter()
-                .filter(|field| !field.repeat && !is_bookkeeping(&field.path))
-                .collect();
-            let answered = expected
-                .iter()
-                .filter(|field| !texts_at(fields, &field.path).is_empty())
-                .count();
-            (answered, expected.len())
+            let (mut answered, mut total) = (0, 0);
+            for field in &form.fields {
+                if field.repeat || is_bookkeeping(&field.path) {
+                    continue;
+                }
+                total += 1;
+                if has_text_at(fields, &field.path) {
+                    answered += 1;
+                }
+            }
+            (answered, total)
         }
         None => {
-            let present: Vec<_> = leaves(fields)
-                .into_iter()
-                .filter(|(path, _)| !is_bookkeeping(path))
-                .collect();
-            let answered = present
-                .iter()
-                .filter(|(_, value)| leaf_text(value).is_some())
-                .count();
-            (answered, present.len())
+            let (mut answered, mut total) = (0, 0);
+            for_each_leaf(fields, |path, answer| {
+                if !is_bookkeeping(path) {
+                    total += 1;
+                    if leaf_text(answer).is_some() {
+                        answered += 1;
+                    }
+                }
+            });
+            (answered, total)
         }
     }
 }
@@ -521,18 +548,28 @@ fn timing_flags(
 
 /// Returns the SHA-256 of the device id and the answers without bookkeeping fields, in a
 /// stable order.
-fn answers_fingerprint(device: &str, fields: &Map<String, Value>) -> Fingerprint {
-    let mut answers: Vec<(String, Cow<'_, str>)> = leaves(fields)
-        .into_iter()
-        .filter(|(path, _)| !is_bookkeeping(path))
-        .filter_map(|(path, value)| leaf_text(value).map(|text| (path, text)))
-        .collect();
-    answers.sort();
+fn answers_fingerprint(device: &str, fields: &Answer<'_>) -> Fingerprint {
+    // Paths are kept in one buffer, so an answer costs no allocation of its own.
+    let mut paths = String::new();
+    let mut answers: Vec<(Range<usize>, Cow<'_, str>)> = Vec::new();
+    for_each_leaf(fields, |path, answer| {
+        if is_bookkeeping(path) {
+            return;
+        }
+        if let Some(text) = leaf_text(answer) {
+            let start = paths.len();
+            paths.push_str(path);
+            answers.push((start..paths.len(), text));
+        }
+    });
+    answers.sort_by(|(left_path, left), (right_path, right)| {
+        (&paths[left_path.clone()], left).cmp(&(&paths[right_path.clone()], right))
+    });
     let mut hasher = Sha256::new();
     hasher.update(device.as_bytes());
     hasher.update([0]);
     for (path, text) in answers {
-        hasher.update(path.as_bytes());
+        hasher.update(paths[path].as_bytes());
         hasher.update([0]);
         hasher.update(text.as_bytes());
         hasher.update([0]);
@@ -542,10 +579,12 @@ fn answers_fingerprint(device: &str, fields: &Map<String, Value>) -> Fingerprint
 
 #[cfg(test)]
 mod tests {
+    use fieldforce_schemas::codec::{decode, encode};
     use fieldforce_schemas::submission::{
         GeofenceResult, Location, RawSubmission, SubmissionSource, Validation,
     };
-    use serde_json::json;
+    use rdkafka::Timestamp;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -591,6 +630,38 @@ mod tests {
 
     fn scorer() -> Scorer {
         Scorer::new(Arc::default(), Arc::default(), 10)
+    }
+
+    impl Scorer {
+        /// Scores a submission through the transform and sets its quality section and
+        /// processing status from the output record.
+        fn score(&self, processed: &mut ProcessedSubmission) {
+            let message = OwnedMessage::new(
+                Some(encode(processed)),
+                None,
+                "submissions.located".to_owned(),
+                Timestamp::NotAvailable,
+                0,
+                0,
+                None,
+            );
+            let output = self.transform(&message).expect("transforms");
+            let scored: ProcessedSubmission = decode(&output.value).expect("output decodes");
+            assert_eq!(
+                ProcessedSubmission {
+                    quality: None,
+                    processing_status: None,
+                    ..scored.clone()
+                },
+                ProcessedSubmission {
+                    quality: None,
+                    processing_status: None,
+                    ..processed.clone()
+                },
+                "only the quality sections change"
+            );
+            *processed = scored;
+        }
     }
 
     fn located(mut submission: ProcessedSubmission, location: Location) -> ProcessedSubmission {
@@ -794,23 +865,73 @@ mod tests {
 
     #[test]
     fn status_prefers_encryption_then_attachments_then_validation() {
+        let scorer = scorer();
+        let status_of = |submission: &ProcessedSubmission| {
+            let mut submission = submission.clone();
+            scorer.score(&mut submission);
+            submission.processing_status.expect("scored")
+        };
         let mut submission = processed(json!({}));
+        assert_eq!(status_of(&submission), ProcessingStatus::Processed);
         submission.validation = Some(Validation {
             valid: false,
             form_known: false,
             form_version: None,
             issues: Vec::new(),
         });
-        assert_eq!(status(&submission), ProcessingStatus::NeedsReview);
+        assert_eq!(status_of(&submission), ProcessingStatus::NeedsReview);
         submission.submission.missing_attachments = vec!["photo.jpg".into()];
-        assert_eq!(status(&submission), ProcessingStatus::AwaitingAttachments);
+        assert_eq!(
+            status_of(&submission),
+            ProcessingStatus::AwaitingAttachments
+        );
         submission.submission.encrypted =
             Some(fieldforce_schemas::submission::EncryptedSubmission {
                 base64_encrypted_key: "a2V5".into(),
                 encrypted_signature: None,
                 encrypted_xml_file: "submission.xml.enc".into(),
             });
-        assert_eq!(status(&submission), ProcessingStatus::Encrypted);
+        assert_eq!(status_of(&submission), ProcessingStatus::Encrypted);
+    }
+
+    #[test]
+    fn scored_record_rescored_in_place() {
+        let mut submission = processed(interview("2024-05-01T09:00:00Z", "2024-05-01T09:00:45Z"));
+        scorer().score(&mut submission);
+        let first = submission.clone();
+        submission.submission.submission_id = "s9".into();
+        submission.quality = Some(Quality {
+            score: 1,
+            flags: Vec::new(),
+        });
+        // A fresh scorer, so that the same answers under a new id are not a duplicate.
+        scorer().score(&mut submission);
+        assert_eq!(submission.quality, first.quality);
+        assert_eq!(submission.processing_status, first.processing_status);
+    }
+
+    #[test]
+    fn appended_sections_match_full_encoding() {
+        let mut submission = processed(interview("2024-05-01T09:00:00Z", "2024-05-01T09:00:45Z"));
+        scorer().score(&mut submission);
+        let message = OwnedMessage::new(
+            Some(encode(&ProcessedSubmission {
+                quality: None,
+                processing_status: None,
+                ..submission.clone()
+            })),
+            None,
+            "submissions.located".to_owned(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            None,
+        );
+        let output = scorer().transform(&message).expect("transforms");
+        assert_eq!(
+            String::from_utf8_lossy(&output.value),
+            String::from_utf8_lossy(&encode(&submission))
+        );
     }
 
     #[test]

@@ -8,15 +8,18 @@
 //! re-encoding. A record from another encoder keeps that encoder's spacing, escapes and
 //! unknown fields inside the sections passed on.
 
+use std::borrow::Cow;
+
 use fieldforce_schemas::codec::{Contract, DecodeError};
 use fieldforce_schemas::submission::ProcessedSubmission;
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::Unprocessable;
+use crate::fields::Answer;
 
 /// The sections of a processed submission that a stage sets. Every other section is written
 /// as it arrived, so a stage's changes to those are not written.
@@ -59,12 +62,7 @@ impl<'a> ProcessedRecord<'a> {
     /// rejected, with the same reason code, as [`crate::pipeline::decode_value`] would. The
     /// line and column in the detail of an error inside a section count from that section.
     pub fn decode(message: &'a OwnedMessage) -> Result<Self, Unprocessable> {
-        let Some(payload) = message.payload() else {
-            return Err(Unprocessable {
-                code: "missing_value",
-                detail: "the record has no value".to_owned(),
-            });
-        };
+        let payload = value_of(message)?;
         Self::decode_value(payload).map_err(|error| Unprocessable {
             code: "undecodable",
             detail: error.to_string(),
@@ -124,6 +122,181 @@ impl<'a> ProcessedRecord<'a> {
         // The sections are valid JSON and the struct has no map with non-string keys.
         serde_json::to_vec(&sections).expect("record sections always serialize to JSON")
     }
+}
+
+/// The parts of a processed submission that the quality stage reads, borrowed from the
+/// record's bytes.
+///
+/// Only these parts are decoded and checked. The others are written on as they arrived
+/// ([`append_members`]), because the sink checks the whole record against the contract before
+/// it stores it. The contract's required members are required here too, so a record missing one
+/// is rejected here as it would be by a full decode.
+#[derive(Debug, Deserialize)]
+pub struct ProcessedView<'a> {
+    /// Version of the processed-submission contract the record was written with.
+    pub schema_version: u32,
+    /// The submission.
+    #[serde(borrow)]
+    pub submission: SubmissionView<'a>,
+    /// The validation result, when the record was validated.
+    #[serde(default)]
+    pub validation: Option<ValidationView>,
+    /// The location section, when the record was located.
+    #[serde(borrow, default)]
+    pub location: Option<LocationView<'a>>,
+    /// Whether the record already has a `quality` member.
+    #[serde(rename = "quality", default, deserialize_with = "present")]
+    pub has_quality: bool,
+    /// Whether the record already has a `processing_status` member.
+    #[serde(rename = "processing_status", default, deserialize_with = "present")]
+    pub has_processing_status: bool,
+}
+
+/// The parts of the submission section that the quality stage reads.
+#[derive(Debug, Deserialize)]
+pub struct SubmissionView<'a> {
+    /// Submission id, the record key.
+    #[serde(borrow)]
+    pub submission_id: Cow<'a, str>,
+    /// Organisation.
+    #[serde(borrow)]
+    pub org_id: Cow<'a, str>,
+    /// Project.
+    #[serde(borrow)]
+    pub project_id: Cow<'a, str>,
+    /// Form id.
+    #[serde(borrow)]
+    pub form_id: Cow<'a, str>,
+    /// Form version, when the client sent one.
+    #[serde(default)]
+    pub form_version: Option<String>,
+    /// Device id, when the client sent one.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// When the gateway received the submission, in milliseconds since the epoch.
+    pub received_at_ms: i64,
+    /// The answers.
+    #[serde(borrow)]
+    pub fields: Answer<'a>,
+    /// Whether the submission is encrypted.
+    #[serde(default)]
+    pub encrypted: Option<IgnoredAny>,
+    /// Attachments the submission names but the gateway has not received.
+    #[serde(default)]
+    pub missing_attachments: Vec<IgnoredAny>,
+    #[serde(rename = "source")]
+    _source: IgnoredAny,
+    #[serde(rename = "content_sha256")]
+    _content_sha256: IgnoredAny,
+}
+
+/// The part of the validation section that the quality stage reads.
+#[derive(Debug, Deserialize)]
+pub struct ValidationView {
+    /// Whether every answer passed its form's checks.
+    pub valid: bool,
+}
+
+/// The parts of the location section that the quality stage reads.
+#[derive(Debug, Deserialize)]
+pub struct LocationView<'a> {
+    /// Accuracy of the primary point, in metres.
+    #[serde(default)]
+    pub accuracy_m: Option<f64>,
+    /// The primary point's place against the project's geofences.
+    #[serde(borrow, default)]
+    pub geofence: Option<GeofenceView<'a>>,
+    /// Problem codes found with the GPS answers.
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+/// The geofence result of the location section.
+#[derive(Debug, Deserialize)]
+pub struct GeofenceView<'a> {
+    /// Whether the point is inside a fence.
+    pub inside: bool,
+    /// The fence the point is in, or the nearest one.
+    #[serde(borrow)]
+    pub geofence_id: Cow<'a, str>,
+    /// Distance to that fence in metres, 0 inside.
+    pub distance_m: f64,
+}
+
+impl<'a> ProcessedView<'a> {
+    /// Decodes the parts of a record's value that the quality stage reads, or classifies the
+    /// value as undecodable.
+    pub fn decode(message: &'a OwnedMessage) -> Result<Self, Unprocessable> {
+        let payload = value_of(message)?;
+        let undecodable = |detail: String| Unprocessable {
+            code: "undecodable",
+            detail,
+        };
+        let view: Self = serde_json::from_slice(payload)
+            .map_err(|error| undecodable(invalid(error).to_string()))?;
+        if view.schema_version > ProcessedSubmission::VERSION {
+            return Err(undecodable(
+                DecodeError::UnsupportedVersion {
+                    contract: ProcessedSubmission::NAME,
+                    found: view.schema_version,
+                    supported: ProcessedSubmission::VERSION,
+                }
+                .to_string(),
+            ));
+        }
+        if !matches!(view.submission.fields, Answer::Group(_)) {
+            return Err(undecodable(format!(
+                "invalid {}: submission.fields is not an object",
+                ProcessedSubmission::NAME
+            )));
+        }
+        Ok(view)
+    }
+}
+
+/// Returns a record's value, or classifies a record without one.
+fn value_of(message: &OwnedMessage) -> Result<&[u8], Unprocessable> {
+    message.payload().ok_or_else(|| Unprocessable {
+        code: "missing_value",
+        detail: "the record has no value".to_owned(),
+    })
+}
+
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(deserializer)?;
+    Ok(true)
+}
+
+/// Returns a record value, a JSON object that has none of `members`, with `members` added
+/// at its end: the bytes a full encoding gives when the members are the last in the
+/// contract's field order. Returns `None` when the value does not end with an object's `}`.
+pub fn append_members(value: &[u8], members: &[(&str, &[u8])]) -> Option<Vec<u8>> {
+    let close = value.iter().rposition(|byte| !byte.is_ascii_whitespace())?;
+    if value[close] != b'}' {
+        return None;
+    }
+    let body = &value[..close];
+    let empty = body
+        .iter()
+        .rposition(|byte| !byte.is_ascii_whitespace())
+        .is_some_and(|last| body[last] == b'{');
+    let added: usize = members
+        .iter()
+        .map(|(name, json)| name.len() + json.len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(close + added + 1);
+    out.extend_from_slice(body);
+    for (index, (name, json)) in members.iter().enumerate() {
+        if index > 0 || !empty {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(json);
+    }
+    out.push(b'}');
+    Some(out)
 }
 
 fn invalid(source: serde_json::Error) -> DecodeError {
@@ -296,6 +469,34 @@ mod tests {
     }
 
     #[test]
+    fn members_are_appended_inside_the_object() {
+        let members: &[(&str, &[u8])] = &[("quality", b"{\"score\":90}"), ("status", b"\"ok\"")];
+        assert_eq!(
+            append_members(b"{\"a\":1} \n", members).as_deref(),
+            Some(&b"{\"a\":1,\"quality\":{\"score\":90},\"status\":\"ok\"}"[..])
+        );
+        assert_eq!(
+            append_members(b" { } ", members).as_deref(),
+            Some(&b" { \"quality\":{\"score\":90},\"status\":\"ok\"}"[..])
+        );
+        assert_eq!(append_members(b"[1]", members), None);
+        assert_eq!(append_members(b"", members), None);
+    }
+
+    #[test]
+    fn view_reads_presence_of_own_sections() {
+        let message = message(encode(&complete()));
+        let view = ProcessedView::decode(&message).expect("decodes");
+        assert!(view.has_quality);
+        assert!(view.has_processing_status);
+        assert_eq!(view.submission.submission_id, "uuid:1");
+        assert_eq!(
+            view.location.expect("located").problems,
+            vec!["gps_null_island"]
+        );
+    }
+
+    #[test]
     fn rejects_what_typed_decode_rejects() {
         let mut newer = serde_json::to_value(complete()).expect("serializes");
         newer["schema_version"] = json!(ProcessedSubmission::VERSION + 1);
@@ -306,22 +507,31 @@ mod tests {
             .as_object_mut()
             .expect("object")
             .remove("org_id");
+        let mut missing_hash = serde_json::to_value(complete()).expect("serializes");
+        missing_hash["submission"]
+            .as_object_mut()
+            .expect("object")
+            .remove("content_sha256");
+        let mut answers = serde_json::to_value(complete()).expect("serializes");
+        answers["submission"]["fields"] = json!(["not", "a", "group"]);
         let cases = [
             serde_json::to_vec(&newer).expect("serializes"),
             serde_json::to_vec(&wrong_type).expect("serializes"),
             serde_json::to_vec(&missing).expect("serializes"),
+            serde_json::to_vec(&missing_hash).expect("serializes"),
+            serde_json::to_vec(&answers).expect("serializes"),
             b"{\"schema_version\":1,".to_vec(),
         ];
         for value in cases {
             assert!(decode::<ProcessedSubmission>(&value).is_err());
             let message = message(value.clone());
             let error = ProcessedRecord::decode(&message).expect_err("rejected");
-            assert_eq!(
-                error.code,
-                "undecodable",
-                "{}",
-                String::from_utf8_lossy(&value)
-            );
+            let text = String::from_utf8_lossy(&value);
+            assert_eq!(error.code, "undecodable", "{text}");
+            // The quality stage's view checks every part it reads and the contract's
+            // required members, so it rejects each of these too.
+            let error = ProcessedView::decode(&message).expect_err("rejected by the view");
+            assert_eq!(error.code, "undecodable", "{text}");
         }
     }
 }

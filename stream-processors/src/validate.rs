@@ -20,11 +20,10 @@ use fieldforce_schemas::submission::{
 };
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
-use serde_json::{Map, Value};
 
 use crate::ProcessorError;
 use crate::error::Unprocessable;
-use crate::fields::{leaf_text, values_at};
+use crate::fields::{Answer, leaf_text, values_at};
 use crate::pipeline::{self, Output, StageSpec, Transform};
 use crate::registry::{Registry, caught_up_registry};
 
@@ -151,8 +150,9 @@ pub fn validate_submission(
         };
     }
 
+    let answers = Answer::group_of(&submission.fields);
     for field in &form.fields {
-        check_field(&submission.fields, form, field, &mut issues);
+        check_field(&answers, form, field, &mut issues);
     }
     Validation {
         valid: issues.is_empty(),
@@ -171,7 +171,7 @@ fn inside_repeat(form: &FormDefinition, path: &str) -> bool {
 }
 
 fn check_field(
-    answers: &Map<String, Value>,
+    answers: &Answer<'_>,
     form: &FormDefinition,
     field: &FormField,
     issues: &mut Vec<ValidationIssue>,
@@ -195,12 +195,7 @@ fn check_field(
             ),
         ));
     }
-    if values.iter().any(|value| {
-        value.is_array()
-            && value
-                .as_array()
-                .is_some_and(|items| items.iter().any(Value::is_object))
-    }) {
+    if values.iter().any(|value| value.is_repeat()) {
         issues.push(issue(
             "not_repeatable",
             "repeated group for a node that is not a repeat".to_owned(),
@@ -271,7 +266,7 @@ fn check_type(field: &FormField, text: &str) -> Option<(&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use fieldforce_schemas::submission::SubmissionSource;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

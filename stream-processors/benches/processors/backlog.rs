@@ -77,6 +77,14 @@ impl Stage {
         }
     }
 
+    /// Returns the schema header of the backlog's records.
+    pub fn schema(self) -> String {
+        match self {
+            Self::Raw => RawSubmission::schema_header(),
+            Self::Validated | Self::Located => ProcessedSubmission::schema_header(),
+        }
+    }
+
     /// Returns the catalog name of the topic the backlog is written to.
     pub fn topic(self) -> &'static str {
         match self {
@@ -93,6 +101,8 @@ pub struct World {
     plans: Vec<ProjectPlan>,
     forms: Vec<FormDefinition>,
     settings: Vec<ProjectSettings>,
+    forms_registry: Arc<Registry<FormDefinition>>,
+    projects_registry: Arc<Registry<ProjectSettings>>,
     validator: Validator,
     locator: Locator,
 }
@@ -146,8 +156,21 @@ impl World {
             forms,
             settings,
             validator: Validator::new(Arc::clone(&form_registry)),
-            locator: Locator::new(form_registry, project_registry),
+            locator: Locator::new(Arc::clone(&form_registry), Arc::clone(&project_registry)),
+            forms_registry: form_registry,
+            projects_registry: project_registry,
         })
+    }
+
+    /// Returns the form registry the processors would hold after reading the forms topic.
+    pub fn forms_registry(&self) -> Arc<Registry<FormDefinition>> {
+        Arc::clone(&self.forms_registry)
+    }
+
+    /// Returns the project settings registry the processors would hold after reading the
+    /// project settings topic.
+    pub fn projects_registry(&self) -> Arc<Registry<ProjectSettings>> {
+        Arc::clone(&self.projects_registry)
     }
 
     /// Writes the forms and project settings to their compacted topics, which the processors
@@ -216,6 +239,42 @@ impl World {
     }
 }
 
+/// A backlog record: key, timestamp and value.
+pub type BacklogRecord = (String, i64, Vec<u8>);
+
+impl World {
+    /// Generates the next `wanted` records at `stage`.
+    fn chunk(&self, generator: &mut Generator, stage: Stage, wanted: usize) -> Vec<BacklogRecord> {
+        let mut raws = Vec::with_capacity(wanted);
+        while raws.len() < wanted {
+            if let Some(raw) = self.raw_submission(&generator.next_submission()) {
+                raws.push(raw);
+            }
+        }
+        // Locating a point outside its fence measures the distance to every boundary vertex,
+        // so the conversion runs on every core.
+        raws.into_par_iter()
+            .map(|raw| {
+                let key = raw.submission_id.clone();
+                let timestamp = raw.received_at_ms;
+                (key, timestamp, self.encode_at(stage, raw))
+            })
+            .collect()
+    }
+}
+
+/// Generates `records` records at `stage` in memory, the same ones [`produce`] writes for
+/// the same seed.
+pub fn generate(world: &World, stage: Stage, records: usize, seed: u64) -> Vec<BacklogRecord> {
+    let mut generator = Generator::new(seed, world.plans.clone(), ENUMERATORS, BAD_SHARE);
+    let mut generated = Vec::with_capacity(records);
+    while generated.len() < records {
+        let wanted = CHUNK.min(records - generated.len());
+        generated.extend(world.chunk(&mut generator, stage, wanted));
+    }
+    generated
+}
+
 /// Size of a backlog written to Kafka.
 #[derive(Debug, Clone, Copy)]
 pub struct Written {
@@ -237,34 +296,14 @@ pub async fn produce(
     // The gateway's producer settings: idempotent, acks=all, lz4.
     let producer: FutureProducer = producer_config(&config.kafka).create()?;
     let topic = config.kafka.topic(stage.topic());
-    let schema = match stage {
-        Stage::Raw => RawSubmission::schema_header(),
-        Stage::Validated | Stage::Located => ProcessedSubmission::schema_header(),
-    };
+    let schema = stage.schema();
     let mut generator = Generator::new(seed, world.plans.clone(), ENUMERATORS, BAD_SHARE);
     let mut written = Written {
         records: 0,
         value_bytes: 0,
     };
     while written.records < records {
-        let wanted = CHUNK.min(records - written.records);
-        let mut raws = Vec::with_capacity(wanted);
-        while raws.len() < wanted {
-            if let Some(raw) = world.raw_submission(&generator.next_submission()) {
-                raws.push(raw);
-            }
-        }
-        // Locating a point outside its fence measures the distance to every boundary vertex,
-        // so the conversion runs on every core.
-        let chunk: Vec<(String, i64, Vec<u8>)> = raws
-            .into_par_iter()
-            .map(|raw| {
-                let key = raw.submission_id.clone();
-                let timestamp = raw.received_at_ms;
-                (key, timestamp, world.encode_at(stage, raw))
-            })
-            .collect();
-
+        let chunk = world.chunk(&mut generator, stage, CHUNK.min(records - written.records));
         let sends = chunk.iter().map(|(key, timestamp, value)| {
             producer.send(
                 FutureRecord::to(&topic)

@@ -9,6 +9,9 @@
 //!   subject (`bare`, `validate`, `geo`, `quality`, or `chain` for the three processors
 //!   together) and prints VmRSS over the drain. A child process writes the backlog, so the
 //!   memory the generator used is not part of this process's figures.
+//! - `transform SUBJECT [RECORDS] [PASSES]` (default 100,000 records, 5 passes): times the
+//!   transform of `validate`, `geo` or `quality` alone, on one thread and without Kafka, over
+//!   the records a backlog would hold (see `cpu.rs`).
 //! - `backlog STAGE PREFIX RECORDS`: writes the settings and a backlog of RECORDS at STAGE
 //!   (`raw`, `validated`, `located`) under PREFIX; `memory` runs it as its child.
 //!
@@ -25,6 +28,7 @@
 //! throughput`
 
 mod backlog;
+mod cpu;
 mod drain;
 
 use std::time::Duration;
@@ -55,8 +59,11 @@ const ROUND: [Subject; 4] = [
     Subject::Quality,
 ];
 
+const DEFAULT_TRANSFORM_RECORDS: usize = 100_000;
+const DEFAULT_PASSES: usize = 5;
+
 const USAGE: &str = "usage: processors throughput [RECORDS] [ROUNDS] | memory SUBJECT [RECORDS] \
-                     | backlog STAGE PREFIX RECORDS";
+                     | transform SUBJECT [RECORDS] [PASSES] | backlog STAGE PREFIX RECORDS";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -86,6 +93,12 @@ async fn main() -> anyhow::Result<()> {
             let subject = Subject::parse(subject).context(USAGE)?;
             let records = number_at(rest, 0, DEFAULT_MEMORY_RECORDS)?;
             memory(&base, subject, records).await
+        }
+        ["transform", subject, rest @ ..] => {
+            let subject = Subject::parse(subject).context(USAGE)?;
+            let records = number_at(rest, 0, DEFAULT_TRANSFORM_RECORDS)?;
+            let passes = number_at(rest, 1, DEFAULT_PASSES)?;
+            cpu::transform_cost(&base, subject, records, passes, SEED)
         }
         ["backlog", stage, prefix, records] => {
             let stage = Stage::parse(stage).context(USAGE)?;

@@ -8,6 +8,7 @@ use fieldforce_schemas::analytics::{DailyFigures, Enumerator, EnumeratorSource};
 use fieldforce_schemas::submission::ProcessedSubmission;
 use serde::{Deserialize, Serialize};
 
+use crate::fields::Answer;
 use crate::quality::interview_times;
 
 /// The project, day and enumerator a contribution counts under. The organisation is not part
@@ -55,7 +56,7 @@ pub struct Contribution {
 /// Builds the contribution of a processed submission.
 pub fn contribution(processed: &ProcessedSubmission) -> Contribution {
     let submission = &processed.submission;
-    let (start, end) = interview_times(&submission.fields);
+    let (start, end) = interview_times(&Answer::group_of(&submission.fields));
     let day = day_of(start, submission.received_at_ms);
     let interview_duration_s = match (start, end) {
         (Some(start), Some(end)) if end >= start => Some((end - start).num_seconds()),
