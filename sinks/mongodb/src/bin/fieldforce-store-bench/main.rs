@@ -5,9 +5,13 @@
 //! - `sink URI [DOCUMENTS] [ROUNDS]`: the sink binary draining a backlog in its own process,
 //!   alternated with a raw insert loop that writes the same documents the same way (see
 //!   `sink.rs`).
+//! - `memory URI [DOCUMENTS] [BACKLOGS]`: the sink binary draining backlogs one after the
+//!   other in one process, with its resident memory per tenth of each drain (see
+//!   `memory.rs`).
 //!
 //! Each figure is the median of three or more runs, each run in a fresh database.
 
+mod memory;
 mod sink;
 
 use std::time::Instant;
@@ -17,7 +21,7 @@ use bson::RawDocumentBuf;
 use fieldforce_schemas::submission::{
     ProcessedSubmission, ProcessingStatus, Quality, RawSubmission, SubmissionSource,
 };
-use fieldforce_sink_mongodb::document::to_document;
+use fieldforce_sink_mongodb::document::{stored_id, to_document};
 use fieldforce_sink_mongodb::store::COLLECTION;
 use mongodb::Client;
 
@@ -27,9 +31,16 @@ const RUNS: usize = 3;
 async fn main() -> anyhow::Result<()> {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let [mode, uri, rest @ ..] = arguments.as_slice() else {
-        bail!("usage: fieldforce-store-bench raw|table|sink MONGODB_URI [DOCUMENTS] [ROUNDS]");
+        bail!(
+            "usage: fieldforce-store-bench raw|table|sink|memory MONGODB_URI [DOCUMENTS] \
+             [ROUNDS or BACKLOGS]"
+        );
     };
-    let default_documents = if mode == "sink" { 100_000 } else { 20_000 };
+    let default_documents = match mode.as_str() {
+        "sink" => 100_000,
+        "memory" => 1_000_000,
+        _ => 20_000,
+    };
     let documents: usize = rest
         .first()
         .map_or(Ok(default_documents), |value| value.parse())?;
@@ -65,7 +76,11 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         "sink" => sink::compare(&client, uri, documents, rounds).await?,
-        other => bail!("unknown mode {other}: expected raw, table or sink"),
+        "memory" => {
+            let backlogs = rest.get(1).map_or(Ok(2), |value| value.parse())?;
+            memory::drain(&client, uri, documents, backlogs).await?;
+        }
+        other => bail!("unknown mode {other}: expected raw, table, sink or memory"),
     }
     Ok(())
 }
@@ -104,6 +119,12 @@ fn sample_submission(id: usize) -> ProcessedSubmission {
     });
     processed.processing_status = Some(ProcessingStatus::Processed);
     processed
+}
+
+/// Returns the `_id` under which the sink stores `sample_submission(id)`.
+fn sample_stored_id(id: usize) -> String {
+    let submission = sample_submission(id).submission;
+    stored_id(&submission.org_id, &submission.submission_id)
 }
 
 fn sample_documents(count: usize) -> Vec<RawDocumentBuf> {
