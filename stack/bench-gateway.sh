@@ -4,8 +4,9 @@
 # the gateway's VmRSS every second, then stop it. ROUNDS=n (default 1) repeats the load on
 # the same gateway with seeds SEED, SEED+1, ..., each followed by IDLE_S seconds without
 # load (default 5). VmRSS is printed after each load and each idle time. That separates
-# memory that grows with the submissions seen from memory held only at full load. Needs the stack (`make up`) and release
-# builds of fieldforce-topics and fieldforce-replay in target/release.
+# memory that grows with the submissions seen from memory held only at full load. The
+# gateway's CPU time (user plus system) during each load is printed too. Needs the stack
+# (`make up`) and release builds of fieldforce-topics and fieldforce-replay in target/release.
 #
 # usage: stack/bench-gateway.sh BINARY TAG FORMAT RATE SEED [BATCH]
 #   TAG     names the topics (bench-TAG.), the database (bench_TAG) and the files under
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 if (($# < 5)); then
-    sed -n '10,16p' "$0" >&2
+    sed -n '11,17p' "$0" >&2
     exit 2
 fi
 binary=$1 tag=$2 format=$3 rate=$4 seed=$5 batch=${6:-20}
@@ -55,12 +56,20 @@ done) >"$rss" &
 vmrss() {
     awk '/VmRSS/ {print $2}' "/proc/$gateway/status"
 }
+# User plus system CPU time of the gateway so far, in clock ticks (fields 14 and 15).
+cpu_ticks() {
+    awk '{print $14 + $15}' "/proc/$gateway/stat"
+}
+ticks_per_s=$(getconf CLK_TCK)
 echo "VmRSS at start $(vmrss) KiB"
 for round in $(seq "${ROUNDS:-1}"); do
+    ticks_before=$(cpu_ticks)
     target/release/fieldforce-replay --ledger "$ledger" load --rate "$rate" --duration-s 15 \
         --format "$format" --batch-size "$batch" --bad-share 0 --no-setup \
         --seed "$((seed + round - 1))" --geofences "$boundaries" 2>&1 | tail -4
     echo "VmRSS after load $round $(vmrss) KiB"
+    echo "gateway CPU during load $round $(awk -v t="$(($(cpu_ticks) - ticks_before))" \
+        -v hz="$ticks_per_s" 'BEGIN {printf "%.2f", t / hz}') s user+sys"
     sleep "${IDLE_S:-5}"
     echo "VmRSS after ${IDLE_S:-5} s idle $(vmrss) KiB"
 done

@@ -459,13 +459,49 @@ struct KnownKeys {
     loaded: AtomicBool,
 }
 
+/// Number of per-key locks the lock table may reach before its first sweep.
+const LOCK_TABLE_MIN_SWEEP: usize = 1024;
+
+/// The per-key locks of the requests in progress, swept of finished ones as it grows.
+#[derive(Debug)]
+struct LockTable {
+    locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Size at which the next sweep runs: twice the size the last sweep left, so that a
+    /// table holding many keys in use is not swept on every request.
+    sweep_at: usize,
+}
+
+impl Default for LockTable {
+    fn default() -> Self {
+        Self {
+            locks: HashMap::new(),
+            sweep_at: LOCK_TABLE_MIN_SWEEP,
+        }
+    }
+}
+
+impl LockTable {
+    /// Returns the lock of `key`, created when no request holds or waits for it.
+    fn key_lock(&mut self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        if self.locks.len() >= self.sweep_at {
+            // A lock that only the table refers to belongs to finished requests.
+            self.locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            self.sweep_at = (2 * self.locks.len()).max(LOCK_TABLE_MIN_SWEEP);
+            if self.locks.capacity() > 4 * self.sweep_at {
+                self.locks.shrink_to(self.sweep_at);
+            }
+        }
+        self.locks.entry(key.to_owned()).or_default().clone()
+    }
+}
+
 /// The submission index shared by every request.
 pub struct SubmissionIndex {
     created: Instant,
     cache: Arc<Mutex<IndexCache>>,
     timeout: Duration,
     known: Option<Arc<KnownKeys>>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<LockTable>,
     health: Arc<StoreHealth>,
     lookups: Option<mpsc::Sender<Lookup>>,
     writes: Mutex<Option<mpsc::Sender<(String, IndexEntry)>>>,
@@ -522,7 +558,7 @@ impl SubmissionIndex {
             cache,
             timeout,
             known,
-            locks: Mutex::new(HashMap::new()),
+            locks: Mutex::new(LockTable::default()),
             health,
             lookups,
             writes: Mutex::new(writes),
@@ -539,17 +575,11 @@ impl SubmissionIndex {
     /// Locks one key until the guard drops, so that two posts of the same instance are
     /// decided one after the other.
     pub async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self
-                .locks
-                .lock()
-                .expect("index lock table is never poisoned");
-            // Entries only the table refers to belong to finished requests.
-            if locks.len() > 1024 {
-                locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-            }
-            locks.entry(key.to_owned()).or_default().clone()
-        };
+        let lock = self
+            .locks
+            .lock()
+            .expect("index lock table is never poisoned")
+            .key_lock(key);
         lock.lock_owned().await
     }
 
@@ -833,6 +863,23 @@ mod tests {
             root_id: "root".into(),
             revision,
             attachments: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn lock_table_sweeps_finished_keys() {
+        let mut table = LockTable::default();
+        let in_use: Vec<_> = (0..3 * LOCK_TABLE_MIN_SWEEP)
+            .map(|number| table.key_lock(&format!("org/in-use:{number}")))
+            .collect();
+        assert!(table.sweep_at >= in_use.len());
+
+        for number in 0..4 * table.sweep_at {
+            drop(table.key_lock(&format!("org/done:{number}")));
+        }
+        assert!(table.locks.len() <= table.sweep_at);
+        for number in 0..in_use.len() {
+            assert!(table.locks.contains_key(&format!("org/in-use:{number}")));
         }
     }
 

@@ -101,13 +101,7 @@ pub fn parse_json_submission(value: Value) -> Result<ParsedJson, JsonSubmissionE
         .or_else(|| fields.get("deviceid").and_then(as_text));
     let project_id = take_string(&mut body, "project_id");
 
-    let mut hasher = Sha256::new();
-    let canonical = serde_json::json!({
-        "form_id": form_id,
-        "form_version": form_version,
-        "fields": Value::Object(fields.clone()),
-    });
-    write_canonical(&canonical, &mut hasher);
+    let content_sha256 = content_sha256(&form_id, form_version.as_deref(), &fields);
 
     Ok(ParsedJson {
         submission_id,
@@ -117,7 +111,7 @@ pub fn parse_json_submission(value: Value) -> Result<ParsedJson, JsonSubmissionE
         deprecated_id,
         device_id,
         fields,
-        content_sha256: hex::encode(hasher.finalize()),
+        content_sha256,
     })
 }
 
@@ -192,7 +186,14 @@ fn normalize(value: Value) -> Option<Value> {
         Value::Null => None,
         Value::String(text) => {
             let trimmed = text.trim();
-            (!trimmed.is_empty()).then(|| Value::String(trimmed.to_owned()))
+            if trimmed.is_empty() {
+                None
+            } else if trimmed.len() == text.len() {
+                // Most answers have no surrounding whitespace and keep their allocation.
+                Some(Value::String(text))
+            } else {
+                Some(Value::String(trimmed.to_owned()))
+            }
         }
         Value::Object(object) => {
             let object = normalize_object(object);
@@ -206,35 +207,92 @@ fn normalize(value: Value) -> Option<Value> {
     }
 }
 
+/// Returns the hex SHA-256 of the canonical JSON of
+/// `{"fields": fields, "form_id": form_id, "form_version": form_version}`.
+///
+/// The index compares this hash with the one stored when the instance was first accepted, so
+/// the bytes hashed must never change: a change would reject every resend of an older
+/// submission with 409.
+fn content_sha256(
+    form_id: &str,
+    form_version: Option<&str>,
+    fields: &Map<String, Value>,
+) -> String {
+    // The three keys are written in sorted order, as `write_canonical` orders any object.
+    let mut hasher = HashWriter(Sha256::new());
+    hasher.0.update(b"{\"fields\":");
+    write_canonical_object(fields, &mut hasher);
+    hasher.0.update(b",\"form_id\":");
+    write_json(form_id, &mut hasher);
+    hasher.0.update(b",\"form_version\":");
+    write_json(&form_version, &mut hasher);
+    hasher.0.update(b"}");
+    hex::encode(hasher.0.finalize())
+}
+
 /// Feeds JSON with object keys in sorted order, so the hash does not depend on the order a
 /// client wrote them in.
-fn write_canonical(value: &Value, hasher: &mut Sha256) {
+fn write_canonical(value: &Value, hasher: &mut HashWriter) {
     match value {
-        Value::Object(object) => {
-            let mut keys: Vec<&String> = object.keys().collect();
-            keys.sort();
-            hasher.update(b"{");
-            for (position, key) in keys.into_iter().enumerate() {
-                if position > 0 {
-                    hasher.update(b",");
-                }
-                hasher.update(Value::String(key.clone()).to_string().as_bytes());
-                hasher.update(b":");
-                write_canonical(&object[key], hasher);
-            }
-            hasher.update(b"}");
-        }
+        Value::Object(object) => write_canonical_object(object, hasher),
         Value::Array(items) => {
-            hasher.update(b"[");
+            hasher.0.update(b"[");
             for (position, item) in items.iter().enumerate() {
                 if position > 0 {
-                    hasher.update(b",");
+                    hasher.0.update(b",");
                 }
                 write_canonical(item, hasher);
             }
-            hasher.update(b"]");
+            hasher.0.update(b"]");
         }
-        scalar => hasher.update(scalar.to_string().as_bytes()),
+        scalar => write_json(scalar, hasher),
+    }
+}
+
+fn write_canonical_object(object: &Map<String, Value>, hasher: &mut HashWriter) {
+    hasher.0.update(b"{");
+    // Most clients send keys already sorted, and then no sorted copy is needed.
+    if object.keys().is_sorted() {
+        write_members(object.iter(), hasher);
+    } else {
+        let mut members: Vec<(&String, &Value)> = object.iter().collect();
+        members.sort_unstable_by_key(|(key, _)| *key);
+        write_members(members.into_iter(), hasher);
+    }
+    hasher.0.update(b"}");
+}
+
+fn write_members<'a>(
+    members: impl Iterator<Item = (&'a String, &'a Value)>,
+    hasher: &mut HashWriter,
+) {
+    for (position, (key, value)) in members.enumerate() {
+        if position > 0 {
+            hasher.0.update(b",");
+        }
+        write_json(key, hasher);
+        hasher.0.update(b":");
+        write_canonical(value, hasher);
+    }
+}
+
+/// Feeds the compact JSON of a key or a scalar, escaped as `serde_json` escapes it.
+fn write_json<T: serde::Serialize + ?Sized>(value: &T, hasher: &mut HashWriter) {
+    // Writing into a hasher cannot fail, and keys and scalars always serialize.
+    let _ = serde_json::to_writer(&mut *hasher, value);
+}
+
+/// A SHA-256 hasher that `serde_json` can write into without an intermediate string.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -292,6 +350,31 @@ mod tests {
     fn missing_id_is_rejected() {
         let error = parse_json_submission(json!({"form_id": "f", "fields": {"a": "1"}}));
         assert_eq!(error, Err(JsonSubmissionError::MissingId));
+    }
+
+    #[test]
+    fn content_hash_is_stable() {
+        // Digests of the canonical text (computed with sha256sum), which entries already in
+        // the index were stored with.
+        let parsed = parse_json_submission(json!({
+            "id": "s",
+            "form_id": "f",
+            "form_version": "v1",
+            "fields": {"c": {"e": "say \"hi\" \u{fc}", "d": 1.5}, "b": ["x", 2, true], "a": "1"}
+        }))
+        .unwrap();
+        assert_eq!(
+            parsed.content_sha256,
+            "02f7a2fc14d63c0e971bc87ccaee9916fa5a02a975fefa3533c31e08153088f5"
+        );
+
+        let parsed =
+            parse_json_submission(json!({"id": "s", "form_id": "f", "fields": {"a": "1"}}))
+                .unwrap();
+        assert_eq!(
+            parsed.content_sha256,
+            "8131718f1b151e2ca4d2e8ab77529b1e959e55d38c980a6e51581991cd811858"
+        );
     }
 
     #[test]

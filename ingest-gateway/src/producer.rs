@@ -101,7 +101,8 @@ impl GatewayProducer {
             .set(
                 "queue.buffering.max.messages",
                 gateway.producer_queue_max_messages.to_string(),
-            );
+            )
+            .set("linger.ms", gateway.producer_linger_ms.to_string());
         let health = Arc::new(BrokerHealth {
             reachable: AtomicBool::new(true),
         });

@@ -23,6 +23,11 @@ pub struct GatewayConfig {
     /// How long a record may wait for its Kafka delivery report before the request fails
     /// with 503, in milliseconds (librdkafka `message.timeout.ms`). Default 10000.
     pub delivery_timeout_ms: u64,
+    /// How long the producer waits for more records before it sends a batch to the broker, in
+    /// milliseconds (librdkafka `linger.ms`). A single post waits up to this long before its
+    /// record leaves, so the gateway keeps it short. Under load, records that queue up while
+    /// earlier produce requests are in flight still go out together. Default 1.
+    pub producer_linger_ms: u64,
     /// Most records the producer queues before it reports the queue full and requests get
     /// 503 (librdkafka `queue.buffering.max.messages`). Default 100000.
     pub producer_queue_max_messages: u64,
@@ -183,6 +188,7 @@ impl Default for GatewayConfig {
             max_attachments: 100,
             max_batch_items: 500,
             delivery_timeout_ms: 10_000,
+            producer_linger_ms: 1,
             producer_queue_max_messages: 100_000,
             retry_after_s: 30,
             shutdown_timeout_ms: 20_000,
