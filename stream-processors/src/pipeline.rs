@@ -3,8 +3,9 @@
 //! Records are read from the input topic with a consumer group (cooperative-sticky, offsets
 //! stored by this code and committed in the background). They are transformed in small
 //! batches on the rayon pool, so the async runtime never blocks, and produced to the output
-//! topic. A record
-//! that cannot be transformed is produced to the dead-letter topic instead. Either way the
+//! topic. Several batches are transformed at once while the loop reads the next ones and
+//! produces finished ones, in the order the batches were read. A record that cannot be
+//! transformed is produced to the dead-letter topic instead. Either way the
 //! record's offset is stored only after Kafka acknowledged that delivery, and only once every
 //! earlier record of its partition is acknowledged too ([`OffsetTracker`]). A failed delivery
 //! is retried with backoff while its partition is paused; in-flight records are capped per
@@ -30,7 +31,7 @@ use fieldforce_runtime::shutdown::Shutdown;
 use fieldforce_schemas::codec::{Contract, JSON_CONTENT_TYPE, decode};
 use fieldforce_schemas::headers;
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use rayon::prelude::*;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -281,12 +282,25 @@ fn is_permanent(error: &KafkaError) -> bool {
 /// Per-partition counts that decide intake and pausing.
 #[derive(Debug, Default)]
 struct Flow {
+    /// Records read and not yet acknowledged, in a transform or a delivery.
+    outstanding: usize,
     in_flight: HashMap<TopicPartition, usize>,
     retrying: HashMap<TopicPartition, usize>,
     paused: HashSet<TopicPartition>,
 }
 
 impl Flow {
+    /// Counts a record read from `partition` as in flight until it is acknowledged.
+    fn take(&mut self, partition: &TopicPartition) {
+        self.outstanding += 1;
+        match self.in_flight.get_mut(partition) {
+            Some(count) => *count += 1,
+            None => {
+                self.in_flight.insert(partition.clone(), 1);
+            }
+        }
+    }
+
     /// Returns whether a partition that is still being read has `per_partition_max` records
     /// in flight. Intake then waits for deliveries rather than pausing the partition, because
     /// librdkafka drops the records it prefetched for a paused partition and fetches them
@@ -340,10 +354,14 @@ pub async fn run<T: Transform>(
     let backoff_initial = Duration::from_millis(settings.retry_backoff_initial_ms);
     let backoff_max = Duration::from_millis(settings.retry_backoff_max_ms);
     let mut deliveries = FuturesUnordered::new();
+    // Batches on the rayon pool, yielded in the order they were read, so that the outputs of
+    // a partition are produced in its order.
+    let mut transforming = FuturesOrdered::new();
     let mut flow = Flow::default();
 
     loop {
-        let room = deliveries.len() + batch_max <= settings.max_in_flight_records
+        let room = flow.outstanding + batch_max <= settings.max_in_flight_records
+            && transforming.len() < settings.max_batches_in_transform
             && !flow.partition_full(settings.max_in_flight_per_partition);
         tokio::select! {
             biased;
@@ -361,6 +379,14 @@ pub async fn run<T: Transform>(
                         deliveries.push(deliver(producer.clone(), pending, ticket, attempt + 1, backoff));
                     }
                 }
+            }
+            Some(transformed) = transforming.next(), if !transforming.is_empty() => {
+                let transformed: Transformed = transformed?;
+                metrics.processing_seconds.observe(transformed.took.as_secs_f64());
+                for (pending, ticket) in outputs(&spec, &output, &dead_letter_topic, transformed) {
+                    deliveries.push(deliver(producer.clone(), pending, ticket, 0, Duration::ZERO));
+                }
+                metrics.in_flight.set(flow.outstanding as i64);
             }
             first = consumer.recv(), if room => {
                 let first = match first {
@@ -381,34 +407,28 @@ pub async fn run<T: Transform>(
                         .map(|message| tracker.start((message.topic().to_owned(), message.partition()), message.offset(), message.timestamp().to_millis()))
                         .collect()
                 };
+                for ticket in &tickets {
+                    flow.take(&ticket.partition);
+                }
+                metrics.in_flight.set(flow.outstanding as i64);
 
                 let spans = batch.iter().map(|message| record_span(&spec, message)).collect();
-                let started = Instant::now();
-                let (batch, spans, results) = transform_batch(Arc::clone(&transform), batch, spans).await?;
-                metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
-
-                for (((message, span), result), ticket) in batch.into_iter().zip(spans).zip(results).zip(tickets) {
-                    let message = Arc::new(message);
-                    let pending = match result {
-                        Ok(output_record) => output_pending(&output, output_record, &message, span),
-                        Err(reason) => {
-                            tracing::warn!(
-                                stage = spec.stage,
-                                topic = message.topic(),
-                                partition = message.partition(),
-                                offset = message.offset(),
-                                code = reason.code,
-                                detail = %reason.detail,
-                                "record dead-lettered"
-                            );
-                            dead_letter_pending(&dead_letter_topic, spec.stage, &reason, message, span)
-                        }
-                    };
-                    *flow.in_flight.entry(ticket.partition.clone()).or_default() += 1;
-                    deliveries.push(deliver(producer.clone(), pending, ticket, 0, Duration::ZERO));
-                }
-                metrics.in_flight.set(deliveries.len() as i64);
+                transforming.push_back(transform_batch(Arc::clone(&transform), batch, spans, tickets));
             }
+        }
+    }
+
+    // Batches already read are transformed and produced before the drain, so that their
+    // offsets can be stored. A batch's transform takes milliseconds.
+    while let Some(transformed) = transforming.next().await {
+        for (pending, ticket) in outputs(&spec, &output, &dead_letter_topic, transformed?) {
+            deliveries.push(deliver(
+                producer.clone(),
+                pending,
+                ticket,
+                0,
+                Duration::ZERO,
+            ));
         }
     }
 
@@ -494,11 +514,16 @@ fn record_span(spec: &StageSpec, message: &OwnedMessage) -> Span {
     span
 }
 
-type BatchResult = (
-    Vec<OwnedMessage>,
-    Vec<Span>,
-    Vec<Result<Output, Unprocessable>>,
-);
+/// A transformed batch: each input record with its span, the transform's result and its
+/// offset ticket.
+struct Transformed {
+    batch: Vec<OwnedMessage>,
+    spans: Vec<Span>,
+    results: Vec<Result<Output, Unprocessable>>,
+    tickets: Vec<Ticket>,
+    /// Time the rayon pool took for the batch.
+    took: Duration,
+}
 
 /// Transforms a batch on the rayon pool, because parsing and geometry work can take well over
 /// a millisecond per batch and must not run on an async worker. Each record is transformed
@@ -507,17 +532,67 @@ async fn transform_batch<T: Transform>(
     transform: Arc<T>,
     batch: Vec<OwnedMessage>,
     spans: Vec<Span>,
-) -> Result<BatchResult, ProcessorError> {
+    tickets: Vec<Ticket>,
+) -> Result<Transformed, ProcessorError> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     rayon::spawn(move || {
+        let started = Instant::now();
         let results: Vec<_> = batch
             .par_iter()
             .zip(spans.par_iter())
             .map(|(message, span)| span.in_scope(|| transform.transform(message)))
             .collect();
-        let _ = sender.send((batch, spans, results));
+        let _ = sender.send(Transformed {
+            batch,
+            spans,
+            results,
+            tickets,
+            took: started.elapsed(),
+        });
     });
     receiver.await.map_err(|_| ProcessorError::TaskPanicked)
+}
+
+/// Returns the record to produce for each record of a transformed batch, with its ticket: the
+/// output, or the input on the dead-letter topic when it could not be transformed.
+fn outputs(
+    spec: &StageSpec,
+    output: &Arc<str>,
+    dead_letter_topic: &Arc<str>,
+    transformed: Transformed,
+) -> Vec<(Pending, Ticket)> {
+    let Transformed {
+        batch,
+        spans,
+        results,
+        tickets,
+        ..
+    } = transformed;
+    batch
+        .into_iter()
+        .zip(spans)
+        .zip(results)
+        .zip(tickets)
+        .map(|(((message, span), result), ticket)| {
+            let message = Arc::new(message);
+            let pending = match result {
+                Ok(output_record) => output_pending(output, output_record, &message, span),
+                Err(reason) => {
+                    tracing::warn!(
+                        stage = spec.stage,
+                        topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        code = reason.code,
+                        detail = %reason.detail,
+                        "record dead-lettered"
+                    );
+                    dead_letter_pending(dead_letter_topic, spec.stage, &reason, message, span)
+                }
+            };
+            (pending, ticket)
+        })
+        .collect()
 }
 
 fn output_pending(
@@ -646,6 +721,7 @@ fn acknowledge(
     } else {
         metrics.records_out.inc();
     }
+    flow.outstanding = flow.outstanding.saturating_sub(1);
     if let Some(count) = flow.in_flight.get_mut(&ticket.partition) {
         *count = count.saturating_sub(1);
     }

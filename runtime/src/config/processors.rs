@@ -12,6 +12,10 @@ pub struct ProcessorsConfig {
     pub batch_max_records: usize,
     /// How long a batch waits for more records after its first one, in milliseconds. Default 5.
     pub batch_linger_ms: u64,
+    /// Most batches being transformed at once. While the rayon pool transforms them, the
+    /// processor reads the next batch and produces the outputs of finished ones. Outputs are
+    /// still produced in the order their batches were read. Default 4.
+    pub max_batches_in_transform: usize,
     /// Most records read but not yet acknowledged by Kafka, over all partitions. Intake stops
     /// at this count until deliveries complete. Default 10000.
     pub max_in_flight_records: usize,
@@ -49,6 +53,7 @@ impl Default for ProcessorsConfig {
             admin_listen_addr: "127.0.0.1:0".to_owned(),
             batch_max_records: 256,
             batch_linger_ms: 5,
+            max_batches_in_transform: 4,
             max_in_flight_records: 10_000,
             max_in_flight_per_partition: 2_000,
             retry_backoff_initial_ms: 100,
@@ -76,6 +81,7 @@ impl ProcessorsConfig {
         }
         for (name, value) in [
             ("batch_max_records", self.batch_max_records),
+            ("max_batches_in_transform", self.max_batches_in_transform),
             ("max_in_flight_records", self.max_in_flight_records),
             (
                 "max_in_flight_per_partition",
