@@ -28,7 +28,7 @@ use crate::error::Unprocessable;
 use crate::fields::{Answer, for_each_leaf, leaf_text, texts_at};
 use crate::geofence::FenceIndex;
 use crate::pipeline::{self, Output, StageSpec, Transform};
-use crate::record::{OwnSections, ProcessedRecord};
+use crate::record::{OwnSections, ProcessedView, encode_output};
 use crate::registry::{Registry, caught_up_registry};
 
 /// Topics and consumer group of the geo processor.
@@ -99,24 +99,55 @@ impl Locator {
     /// Computes the location section of a submission.
     pub fn locate(&self, processed: &ProcessedSubmission) -> Location {
         let submission = &processed.submission;
-        let form = self.forms.form(
+        self.locate_in_project(
             &submission.org_id,
             &submission.project_id,
             &submission.form_id,
             submission.form_version.as_deref(),
-        );
-        let fences = self.fences(&submission.org_id, &submission.project_id);
-        locate_submission(processed, form.as_deref(), fences.as_deref())
+            &Answer::group_of(&submission.fields),
+        )
+    }
+
+    /// Computes the location section from the answers to a form version of a project.
+    fn locate_in_project(
+        &self,
+        org_id: &str,
+        project_id: &str,
+        form_id: &str,
+        version: Option<&str>,
+        fields: &Answer<'_>,
+    ) -> Location {
+        let form = self.forms.form(org_id, project_id, form_id, version);
+        let fences = self.fences(org_id, project_id);
+        locate_answers(fields, form.as_deref(), fences.as_deref())
     }
 }
 
 impl Transform for Locator {
     fn transform(&self, message: &OwnedMessage) -> Result<Output, Unprocessable> {
-        let mut record = ProcessedRecord::decode(message)?;
-        record.processed.location = Some(self.locate(&record.processed));
+        let view = ProcessedView::decode(message)?;
+        let submission = &view.submission;
+        let location = self.locate_in_project(
+            &submission.org_id,
+            &submission.project_id,
+            &submission.form_id,
+            submission.form_version.as_deref(),
+            &submission.fields,
+        );
+        // The contract types have no map with non-string keys and no fallible Serialize.
+        let location_json = serde_json::to_vec(&location).expect("location always serializes");
+        // A record located before, or one with a later section, gets its location replaced
+        // in place.
+        let value = encode_output(
+            message,
+            view.location.is_none() && !view.has_quality && !view.has_processing_status,
+            &[("location", &location_json)],
+            OwnSections::Location,
+            |processed| processed.location = Some(location),
+        )?;
         Ok(Output {
-            value: record.encode(OwnSections::Location),
-            key: record.processed.submission.submission_id,
+            value,
+            key: view.submission.submission_id.into_owned(),
             schema: ProcessedSubmission::schema_header(),
         })
     }
@@ -181,9 +212,7 @@ fn static_type(data_type: &str) -> Option<&'static str> {
     }
 }
 
-fn find_geometries(processed: &ProcessedSubmission, form: Option<&FormDefinition>) -> Vec<Found> {
-    let fields = Answer::group_of(&processed.submission.fields);
-    let fields = &fields;
+fn find_geometries(fields: &Answer<'_>, form: Option<&FormDefinition>) -> Vec<Found> {
     let mut found = Vec::new();
     let mut push = |path: &str, data_type: &'static str, text: &str| {
         if let Ok(vertices) = odk::parse_geopoints(text)
@@ -239,6 +268,20 @@ pub fn locate_submission(
     form: Option<&FormDefinition>,
     fences: Option<&FenceIndex>,
 ) -> Location {
+    locate_answers(
+        &Answer::group_of(&processed.submission.fields),
+        form,
+        fences,
+    )
+}
+
+/// Computes the location section from a submission's answers, its form (when known) and the
+/// project's fences (when it has any).
+fn locate_answers(
+    fields: &Answer<'_>,
+    form: Option<&FormDefinition>,
+    fences: Option<&FenceIndex>,
+) -> Location {
     let mut location = Location {
         point: None,
         accuracy_m: None,
@@ -253,7 +296,7 @@ pub fn locate_submission(
         }
     };
 
-    let found = find_geometries(processed, form);
+    let found = find_geometries(fields, form);
     for geometry in &found {
         if !geometry.vertices.iter().all(GeoVertex::in_range) {
             // MongoDB's 2dsphere index rejects such coordinates, so the geometry is left out.
@@ -434,5 +477,54 @@ mod tests {
         let geofence = location.geofence.expect("fences exist");
         assert!(geofence.inside);
         assert_eq!(geofence.geofence_id, "zone");
+    }
+
+    fn message(submission: &ProcessedSubmission) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(fieldforce_schemas::codec::encode(submission)),
+            None,
+            "submissions.validated".to_owned(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            0,
+            None,
+        )
+    }
+
+    #[test]
+    fn appended_location_matches_full_encoding() {
+        let locator = Locator::new(Arc::default(), Arc::default());
+        let mut submission = processed(json!({"gps": "-1.5 36.5 0 5", "name": "Ama"}));
+        submission.validation = Some(fieldforce_schemas::submission::Validation {
+            valid: true,
+            form_known: false,
+            form_version: None,
+            issues: Vec::new(),
+        });
+        let output = locator
+            .transform(&message(&submission))
+            .expect("transforms");
+        let mut expected = submission.clone();
+        expected.location = Some(locator.locate(&submission));
+        assert_eq!(
+            String::from_utf8_lossy(&output.value),
+            String::from_utf8_lossy(&fieldforce_schemas::codec::encode(&expected))
+        );
+    }
+
+    #[test]
+    fn located_record_relocated_in_place() {
+        let locator = Locator::new(Arc::default(), Arc::default());
+        let mut submission = processed(json!({"gps": "-1.5 36.5 0 5"}));
+        submission.location = Some(locate_submission(&processed(json!({})), None, None));
+        submission.processing_status =
+            Some(fieldforce_schemas::submission::ProcessingStatus::Processed);
+        let output = locator
+            .transform(&message(&submission))
+            .expect("transforms");
+        let relocated: ProcessedSubmission =
+            fieldforce_schemas::codec::decode(&output.value).expect("output decodes");
+        assert_eq!(relocated.location, Some(locator.locate(&submission)));
+        assert_eq!(relocated.processing_status, submission.processing_status);
     }
 }

@@ -22,7 +22,6 @@ use fieldforce_schemas::odk;
 use fieldforce_schemas::project::{ProjectSettings, QualityThresholds};
 use fieldforce_schemas::submission::{ProcessedSubmission, ProcessingStatus, Quality, QualityFlag};
 use foldhash::fast::RandomState;
-use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use sha2::{Digest, Sha256};
 
@@ -31,7 +30,7 @@ use crate::error::Unprocessable;
 use crate::fields::{Answer, first_text, for_each_leaf, has_text_at, leaf_text};
 use crate::geo::{GPS_MISSING, GPS_NULL_ISLAND, GPS_OUT_OF_RANGE};
 use crate::pipeline::{self, Output, StageSpec, Transform};
-use crate::record::{OwnSections, ProcessedRecord, ProcessedView, append_members};
+use crate::record::{OwnSections, ProcessedView, encode_output};
 use crate::registry::{Registry, caught_up_registry};
 
 /// Topics and consumer group of the quality processor.
@@ -229,30 +228,24 @@ impl Transform for Scorer {
     fn transform(&self, message: &OwnedMessage) -> Result<Output, Unprocessable> {
         let view = ProcessedView::decode(message)?;
         let (quality, status) = self.assess(&view);
-        let value = if view.has_quality || view.has_processing_status {
-            // A record that was scored before, such as a replay from another topic, gets its
-            // sections replaced in place.
-            let mut record = ProcessedRecord::decode(message)?;
-            record.processed.quality = Some(quality);
-            record.processed.processing_status = Some(status);
-            record.encode(OwnSections::QualityAndStatus)
-        } else {
-            // The contract types have no map with non-string keys and no fallible Serialize.
-            let quality = serde_json::to_vec(&quality).expect("quality always serializes");
-            let status = serde_json::to_vec(&status).expect("status always serializes");
-            message
-                .payload()
-                .and_then(|value| {
-                    append_members(
-                        value,
-                        &[("quality", &quality), ("processing_status", &status)],
-                    )
-                })
-                .ok_or_else(|| Unprocessable {
-                    code: "undecodable",
-                    detail: "the record value is not a JSON object".to_owned(),
-                })?
-        };
+        // The contract types have no map with non-string keys and no fallible Serialize.
+        let quality_json = serde_json::to_vec(&quality).expect("quality always serializes");
+        let status_json = serde_json::to_vec(&status).expect("status always serializes");
+        // A record that was scored before, such as a replay from another topic, gets its
+        // sections replaced in place.
+        let value = encode_output(
+            message,
+            !view.has_quality && !view.has_processing_status,
+            &[
+                ("quality", &quality_json),
+                ("processing_status", &status_json),
+            ],
+            OwnSections::QualityAndStatus,
+            |processed| {
+                processed.quality = Some(quality);
+                processed.processing_status = Some(status);
+            },
+        )?;
         Ok(Output {
             value,
             key: view.submission.submission_id.into_owned(),
@@ -350,7 +343,7 @@ fn content_flags(
         thresholds,
     ));
 
-    if let Some(location) = &view.location {
+    if let Some(Some(location)) = &view.location {
         if location
             .problems
             .iter()
