@@ -266,9 +266,10 @@ fn value_of(message: &OwnedMessage) -> Result<&[u8], Unprocessable> {
     })
 }
 
-/// Encodes a stage's output: `members`, the stage's own sections, appended to the input
-/// record's bytes when `appendable` (the input has neither them nor a section after them in
-/// the contract's order), otherwise the input decoded section by section with `set` applied.
+/// Encodes a stage's output from its own sections, `members`. When `appendable` (the input
+/// has neither them nor a section after them in the contract's order), they are appended to
+/// the input record's bytes. Otherwise the input is decoded section by section and `set` is
+/// applied to it.
 pub fn encode_output(
     message: &OwnedMessage,
     appendable: bool,

@@ -243,10 +243,10 @@ impl World {
 pub type BacklogRecord = (String, i64, Vec<u8>);
 
 impl World {
-    /// Generates the next `wanted` records at `stage`.
-    fn chunk(&self, generator: &mut Generator, stage: Stage, wanted: usize) -> Vec<BacklogRecord> {
-        let mut raws = Vec::with_capacity(wanted);
-        while raws.len() < wanted {
+    /// Generates the next `count` records at `stage`.
+    fn chunk(&self, generator: &mut Generator, stage: Stage, count: usize) -> Vec<BacklogRecord> {
+        let mut raws = Vec::with_capacity(count);
+        while raws.len() < count {
             if let Some(raw) = self.raw_submission(&generator.next_submission()) {
                 raws.push(raw);
             }
@@ -269,8 +269,8 @@ pub fn generate(world: &World, stage: Stage, records: usize, seed: u64) -> Vec<B
     let mut generator = Generator::new(seed, world.plans.clone(), ENUMERATORS, BAD_SHARE);
     let mut generated = Vec::with_capacity(records);
     while generated.len() < records {
-        let wanted = CHUNK.min(records - generated.len());
-        generated.extend(world.chunk(&mut generator, stage, wanted));
+        let count = CHUNK.min(records - generated.len());
+        generated.extend(world.chunk(&mut generator, stage, count));
     }
     generated
 }

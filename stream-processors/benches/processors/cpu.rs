@@ -3,9 +3,9 @@
 //! A drain's throughput depends on the broker sharing the machine, the commit interval and
 //! the scheduler. This mode isolates the part that a processor's own code decides. It generates
 //! the same records a backlog holds, then calls the transform on each of them on one thread,
-//! pass after pass, and prints the time per record of every pass and their median: the CPU
-//! time of the thread (from `/proc/thread-self/schedstat`, which time spent waiting for a core
-//! does not count, so other work on the machine moves it much less) and the wall time.
+//! pass after pass. It prints the time per record of every pass and their median, both the
+//! thread's CPU time and the wall time. The CPU time comes from `/proc/thread-self/schedstat`,
+//! which does not count time spent waiting for a core, so other work moves it much less.
 
 use std::sync::Arc;
 use std::time::Instant;
