@@ -394,13 +394,16 @@ pub fn decode_raw_submission(
     content_type: Option<&str>,
     bytes: &[u8],
 ) -> Result<RawSubmission, PartnerDecodeError> {
-    let is_json = content_type
-        .map(|value| value.trim().starts_with(JSON_CONTENT_TYPE))
-        .unwrap_or(false);
-    if is_json {
+    if is_json(content_type) {
         return Ok(crate::codec::decode(bytes)?);
     }
     decode(bytes)
+}
+
+/// Returns whether a record's content-type header names JSON; a record without one is read
+/// as Avro.
+pub fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|value| value.trim().starts_with(JSON_CONTENT_TYPE))
 }
 
 /// Returns a GeoJSON object as the JSON text the Avro forms carry.

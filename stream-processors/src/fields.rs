@@ -137,39 +137,41 @@ impl<'de: 'a, 'a> Visitor<'de> for AnswerVisitor<'a> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Self::Value, A::Error> {
         let mut group = Vec::with_capacity(entries.size_hint().unwrap_or(0));
-        while let Some((Name(name), answer)) = entries.next_entry()? {
+        while let Some((BorrowedStr(name), answer)) = entries.next_entry()? {
             group.push((name, answer));
         }
         Ok(Answer::Group(group))
     }
 }
 
-/// A group member's name, borrowed from the input where it has no escapes.
-struct Name<'a>(Cow<'a, str>);
+/// A JSON string, borrowed from the input where it has no escapes: an answer's name, or a
+/// member of a record that a view checks without keeping.
+#[derive(Debug)]
+pub struct BorrowedStr<'a>(pub Cow<'a, str>);
 
-impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedStr<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor<'a>(PhantomData<Name<'a>>);
-        impl<'de: 'a, 'a> Visitor<'de> for NameVisitor<'a> {
-            type Value = Name<'a>;
+        struct StrVisitor<'a>(PhantomData<BorrowedStr<'a>>);
+        impl<'de: 'a, 'a> Visitor<'de> for StrVisitor<'a> {
+            type Value = BorrowedStr<'a>;
 
             fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("an answer name")
+                formatter.write_str("a string")
             }
 
-            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Self::Value, E> {
-                Ok(Name(Cow::Borrowed(name)))
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Borrowed(text)))
             }
 
-            fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
-                Ok(Name(Cow::Owned(name.to_owned())))
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(text.to_owned())))
             }
 
-            fn visit_string<E>(self, name: String) -> Result<Self::Value, E> {
-                Ok(Name(Cow::Owned(name)))
+            fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+                Ok(BorrowedStr(Cow::Owned(text)))
             }
         }
-        deserializer.deserialize_str(NameVisitor(PhantomData))
+        deserializer.deserialize_str(StrVisitor(PhantomData))
     }
 }
 

@@ -198,7 +198,9 @@ struct Pending {
     topic: Arc<str>,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
-    headers: OwnedHeaders,
+    /// Given to the producer with each attempt and taken back from a failed one, so that no
+    /// record's headers are copied.
+    headers: Option<OwnedHeaders>,
     timestamp_ms: Option<i64>,
     dead_letter: bool,
     /// The input record, kept to dead-letter it if its output is rejected for good.
@@ -225,7 +227,7 @@ enum Delivery {
 
 async fn deliver(
     producer: FutureProducer,
-    pending: Pending,
+    mut pending: Pending,
     ticket: Ticket,
     attempt: u32,
     backoff: Duration,
@@ -233,7 +235,11 @@ async fn deliver(
     if !backoff.is_zero() {
         tokio::time::sleep(backoff).await;
     }
-    let mut record = FutureRecord::to(&pending.topic).headers(pending.headers.clone());
+    let headers = pending.headers.take();
+    let mut record = FutureRecord::to(&pending.topic);
+    if let Some(headers) = headers {
+        record = record.headers(headers);
+    }
     if let Some(key) = &pending.key {
         record = record.key(key);
     }
@@ -257,12 +263,15 @@ async fn deliver(
                 dead_letter: pending.dead_letter,
             }
         }
-        Err((error, _)) => Delivery::Failed {
-            ticket,
-            pending: Box::new(pending),
-            attempt,
-            error,
-        },
+        Err((error, mut returned)) => {
+            pending.headers = returned.detach_headers();
+            Delivery::Failed {
+                ticket,
+                pending: Box::new(pending),
+                attempt,
+                error,
+            }
+        }
     }
 }
 
@@ -615,7 +624,7 @@ fn output_pending(
         topic: Arc::clone(topic),
         key: Some(output.key.into_bytes()),
         value: Some(output.value),
-        headers,
+        headers: Some(headers),
         // The input's timestamp, never the wall clock, so a replay writes the same record.
         timestamp_ms: original.timestamp().to_millis(),
         dead_letter: false,
@@ -636,7 +645,7 @@ fn dead_letter_pending(
         topic: Arc::clone(topic),
         key: record.key,
         value: record.payload,
-        headers: record.headers,
+        headers: Some(record.headers),
         timestamp_ms: original.timestamp().to_millis(),
         dead_letter: true,
         original,

@@ -530,8 +530,8 @@ fn timing_flags(
                 "outside_working_hours",
                 penalty::OUTSIDE_WORKING_HOURS,
                 format!(
-                    "worked at {} local time, working hours {first:02}:00 to {last:02}:00",
-                    worked_at.format("%H:%M")
+                    "worked at {hour:02}:{:02} local time, working hours {first:02}:00 to {last:02}:00",
+                    worked_at.minute()
                 ),
             ));
         }
