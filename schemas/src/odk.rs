@@ -135,6 +135,15 @@ pub fn parse_datetime(text: &str) -> Result<DateTime<FixedOffset>, FormatError> 
         )
     };
     let (date_time, offset) = split_offset(text);
+    // The usual value ends in `Z` or `+hh:mm` already, and parses without a rewritten copy.
+    let written_as_rfc3339 = match offset {
+        Some("Z") => text.ends_with('Z'),
+        Some(offset) => is_rfc3339_offset(offset),
+        None => false,
+    };
+    if written_as_rfc3339 {
+        return DateTime::parse_from_rfc3339(text).map_err(|_| invalid());
+    }
     let offset = match offset {
         None | Some("Z") | Some("z") => "+00:00".to_owned(),
         Some(offset) => normalize_offset(offset).ok_or_else(invalid)?,
@@ -161,6 +170,16 @@ fn split_offset(text: &str) -> (&str, Option<&str>) {
         Some(at) => (&text[..time_start + at], Some(&text[time_start + at..])),
         None => (text, None),
     }
+}
+
+/// Returns whether `offset` is written `+hh:mm` or `-hh:mm`, the form RFC 3339 requires.
+fn is_rfc3339_offset(offset: &str) -> bool {
+    let bytes = offset.as_bytes();
+    bytes.len() == 6
+        && matches!(bytes[0], b'+' | b'-')
+        && bytes[1..3].iter().all(u8::is_ascii_digit)
+        && bytes[3] == b':'
+        && bytes[4..6].iter().all(u8::is_ascii_digit)
 }
 
 /// Rewrites `+03`, `+0300` and `+03:00` as `+03:00`.
