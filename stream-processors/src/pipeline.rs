@@ -91,13 +91,7 @@ pub fn group_id(config: &Config, spec: &StageSpec) -> String {
 
 /// Decodes a record value of a contract, or classifies it as undecodable.
 pub fn decode_value<T: Contract>(message: &OwnedMessage) -> Result<T, Unprocessable> {
-    let Some(payload) = message.payload() else {
-        return Err(Unprocessable {
-            code: "missing_value",
-            detail: "the record has no value".to_owned(),
-        });
-    };
-    decode::<T>(payload).map_err(|error| Unprocessable {
+    decode::<T>(crate::record::value_of(message)?).map_err(|error| Unprocessable {
         code: "undecodable",
         detail: error.to_string(),
     })

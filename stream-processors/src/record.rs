@@ -259,7 +259,7 @@ impl<'a> ProcessedView<'a> {
 }
 
 /// Returns a record's value, or classifies a record without one.
-fn value_of(message: &OwnedMessage) -> Result<&[u8], Unprocessable> {
+pub(crate) fn value_of(message: &OwnedMessage) -> Result<&[u8], Unprocessable> {
     message.payload().ok_or_else(|| Unprocessable {
         code: "missing_value",
         detail: "the record has no value".to_owned(),

@@ -11,6 +11,7 @@ use crate::ProcessorError;
 use crate::error::Unprocessable;
 use crate::fields::{Answer, leaf_text, values_at};
 use crate::pipeline::{self, Output, StageSpec, Transform};
+use crate::record::value_of;
 use crate::registry::{Registry, caught_up_registry};
 use fieldforce_kafka::catalog::{FORMS, SUBMISSIONS_RAW, SUBMISSIONS_VALIDATED};
 use fieldforce_kafka::dead_letter::header_str;
@@ -208,12 +209,7 @@ fn undecodable(error: impl ToString) -> Unprocessable {
 
 impl Transform for Validator {
     fn transform(&self, message: &OwnedMessage) -> Result<Output, Unprocessable> {
-        let Some(payload) = message.payload() else {
-            return Err(Unprocessable {
-                code: "missing_value",
-                detail: "the record has no value".to_owned(),
-            });
-        };
+        let payload = value_of(message)?;
         // The raw topic also carries partner records in Avro, so the encoding is read from
         // the content-type header and the framing rather than assumed to be JSON.
         let content_type = message
