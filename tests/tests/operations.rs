@@ -330,6 +330,20 @@ fn partitions_of(topic: &str) -> usize {
     Catalog::embedded().topic(topic).unwrap().partitions as usize
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_without_partitions_reads_as_unknown_lag() {
+    let config = Config::load(None).expect("configuration loads");
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("test-ops-never-created-{suffix}");
+    let group = format!("test-ops-never-created-{suffix}");
+
+    let (sample, status) = lag_command(&config, &group, &topic).await;
+
+    assert!(sample.partitions.is_empty(), "{sample:?}");
+    assert_eq!(sample.missing_topics, vec![topic]);
+    assert_eq!(status, GroupStatus::Unknown, "{sample:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sink_backlog_shows_lagging_then_drains() {
     let sink_admin = free_address();

@@ -256,6 +256,7 @@ impl History {
                     }
                     topics
                 }),
+            missing_topics: group.missing_topics.clone(),
             state: group.state.clone(),
             members: group.members,
             status: status.map(|status| status.to_string()),
@@ -390,11 +391,13 @@ pub struct GroupOverview {
     pub group: String,
     /// Topics the group reads.
     pub topics: Vec<String>,
+    /// Topics the group reads that have no partitions in the cluster's metadata.
+    pub missing_topics: Vec<String>,
     /// Group state as the coordinator reports it.
     pub state: String,
     /// Consumers in the group.
     pub members: usize,
-    /// `OK`, `LAGGING`, `STALLED` or `STOPPED`; `null` while the samples do not yet span the
+    /// `OK`, `LAGGING`, `STALLED`, `STOPPED` or `UNKNOWN` (a topic is missing); `null` while the samples do not yet span the
     /// status window and offsets have not moved.
     pub status: Option<String>,
     /// Total lag in records.
@@ -499,6 +502,7 @@ mod tests {
                     lag_records: log_end - committed,
                     lag_seconds: 2.0,
                 }],
+                missing_topics: Vec::new(),
             }],
             topics: vec![
                 TopicOffsets {

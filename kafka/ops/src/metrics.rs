@@ -1,7 +1,7 @@
 //! The operations service's own metrics, declared once. Names follow
 //! `fieldforce_ops_<name>_<unit>[_total]`. Labels: `service` (the names configured in
 //! `ops.services`), `group` (the pipeline's consumer groups) and `status` (`OK`, `LAGGING`,
-//! `STALLED`, `STOPPED`).
+//! `STALLED`, `STOPPED`, `UNKNOWN`).
 //!
 //! The group gauges are the broker's view, so unlike the lag gauges that each consumer
 //! exports, they keep reporting while a group has no running consumer at all.
@@ -41,7 +41,7 @@ pub struct GroupStatusLabel {
 }
 
 /// Every status a group can have, as the lag command and the page print it.
-pub const GROUP_STATUSES: [&str; 4] = ["OK", "LAGGING", "STALLED", "STOPPED"];
+pub const GROUP_STATUSES: [&str; 5] = ["OK", "LAGGING", "STALLED", "STOPPED", "UNKNOWN"];
 
 /// Every metric of the operations service.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! Shows consumer-group lag per partition, like `kafka-consumer-groups --describe`, plus the
 //! age of the oldest unprocessed record and a status per group: OK, LAGGING, STALLED (lag
-//! present but offsets not moving) or STOPPED (lag present and no consumer).
+//! present but offsets not moving), STOPPED (lag present and no consumer) or UNKNOWN (a topic
+//! the group reads has no partitions in the cluster, so its lag cannot be read).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,6 +130,12 @@ fn print_table(earlier: &[GroupLag], later: &[GroupLag], thresholds: Thresholds)
             group.members,
             group.state
         );
+        for topic in &group.missing_topics {
+            println!(
+                "{:<24} topic {topic} has no partitions in the cluster",
+                group.group
+            );
+        }
     }
     all_ok
 }

@@ -53,6 +53,9 @@ pub struct GroupLag {
     pub members: usize,
     /// Every partition of the topics the group reads.
     pub partitions: Vec<PartitionLag>,
+    /// Topics the group reads that the cluster's metadata lists with no partitions: deleted,
+    /// never created, or not yet known to the broker. Their lag cannot be read.
+    pub missing_topics: Vec<String>,
 }
 
 impl GroupLag {
@@ -84,6 +87,9 @@ pub enum GroupStatus {
     Stalled,
     /// Lag present and no consumer in the group.
     Stopped,
+    /// A topic the group reads has no partitions in the cluster's metadata, so the group's
+    /// lag is not known.
+    Unknown,
 }
 
 impl std::fmt::Display for GroupStatus {
@@ -93,6 +99,7 @@ impl std::fmt::Display for GroupStatus {
             GroupStatus::Lagging => "LAGGING",
             GroupStatus::Stalled => "STALLED",
             GroupStatus::Stopped => "STOPPED",
+            GroupStatus::Unknown => "UNKNOWN",
         })
     }
 }
@@ -117,6 +124,10 @@ impl Default for Thresholds {
 
 /// Classifies a group from an earlier and a later sample of it.
 pub fn classify(earlier: &GroupLag, later: &GroupLag, thresholds: Thresholds) -> GroupStatus {
+    // Zero records of lag on a topic with no partitions would read as healthy.
+    if !later.missing_topics.is_empty() {
+        return GroupStatus::Unknown;
+    }
     let lag = later.lag_records();
     if lag == 0 {
         return GroupStatus::Ok;
@@ -214,16 +225,19 @@ impl GroupSampler {
         };
 
         let mut wanted = TopicPartitionList::new();
+        let mut missing_topics = Vec::new();
         for topic in topics {
-            // NOTE: a topic whose metadata lists no partitions (missing, or not yet known to
-            // the broker) adds nothing here, so the group shows zero lag on it.
             let metadata = reader.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+            let before = wanted.count();
             for partition in metadata
                 .topics()
                 .iter()
                 .flat_map(|found| found.partitions())
             {
                 wanted.add_partition(topic, partition.id());
+            }
+            if wanted.count() == before {
+                missing_topics.push(topic.clone());
             }
         }
         let group_reader = match self.group_readers.entry(group.to_owned()) {
@@ -274,6 +288,7 @@ impl GroupSampler {
             state,
             members,
             partitions,
+            missing_topics,
         })
     }
 }
@@ -348,7 +363,19 @@ mod tests {
                     lag_seconds: *seconds,
                 })
                 .collect(),
+            missing_topics: Vec::new(),
         }
+    }
+
+    #[test]
+    fn topic_without_partitions_is_unknown_not_ok() {
+        let mut idle = group(1, &[]);
+        idle.missing_topics.push("processed".into());
+        assert_eq!(idle.lag_records(), 0);
+        assert_eq!(
+            classify(&idle, &idle, Thresholds::default()),
+            GroupStatus::Unknown
+        );
     }
 
     #[test]
