@@ -39,7 +39,7 @@ impl FormDefinition {
 
 /// Builds the compacted-topic key of a form version.
 pub fn form_topic_key(org_id: &str, project_id: &str, form_id: &str, version: &str) -> String {
-    format!("{org_id}/{project_id}/{form_id}/{version}")
+    crate::topic_key(&[org_id, project_id, form_id, version])
 }
 
 /// One field of a form, from its `bind` and body control.

@@ -34,3 +34,34 @@ pub mod odk;
 pub mod project;
 pub mod submission;
 pub mod webhook;
+
+/// Joins the parts of a compacted-topic key with `/`. The processors build a key for every
+/// record they read, and `format!` took several times as many instructions as this.
+fn topic_key(parts: &[&str]) -> String {
+    let mut key = String::with_capacity(parts.iter().map(|part| part.len() + 1).sum());
+    for (index, part) in parts.iter().enumerate() {
+        if index > 0 {
+            key.push('/');
+        }
+        key.push_str(part);
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_keys_join_with_slashes() {
+        assert_eq!(
+            form::form_topic_key("org", "project", "household", "3"),
+            "org/project/household/3"
+        );
+        assert_eq!(
+            form::form_topic_key("org", "project", "household", ""),
+            "org/project/household/"
+        );
+        assert_eq!(project::project_topic_key("org", "project"), "org/project");
+    }
+}

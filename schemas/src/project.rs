@@ -33,7 +33,7 @@ impl ProjectSettings {
 
 /// Builds the compacted-topic key of a project.
 pub fn project_topic_key(org_id: &str, project_id: &str) -> String {
-    format!("{org_id}/{project_id}")
+    crate::topic_key(&[org_id, project_id])
 }
 
 /// One assigned area.

@@ -73,7 +73,7 @@ impl<'a> ProcessedRecord<'a> {
     }
 
     fn decode_value(payload: &'a [u8]) -> Result<Self, DecodeError> {
-        let sections: Sections<'a> = serde_json::from_slice(payload).map_err(invalid)?;
+        let sections: Sections<'a> = from_json(payload).map_err(invalid)?;
         if sections.schema_version > ProcessedSubmission::VERSION {
             return Err(DecodeError::UnsupportedVersion {
                 contract: ProcessedSubmission::NAME,
@@ -236,8 +236,8 @@ impl<'a> ProcessedView<'a> {
             code: "undecodable",
             detail,
         };
-        let view: Self = serde_json::from_slice(payload)
-            .map_err(|error| undecodable(invalid(error).to_string()))?;
+        let view: Self =
+            from_json(payload).map_err(|error| undecodable(invalid(error).to_string()))?;
         if view.schema_version > ProcessedSubmission::VERSION {
             return Err(undecodable(
                 DecodeError::UnsupportedVersion {
@@ -255,6 +255,17 @@ impl<'a> ProcessedView<'a> {
             )));
         }
         Ok(view)
+    }
+}
+
+/// Decodes a record value's JSON. The whole value is checked as UTF-8 once and then parsed as
+/// text, because parsing bytes checks each string separately, which was a fifth of the
+/// instructions of a view's decoding. A value that is not UTF-8 is parsed as bytes, so that its
+/// error is the one a decoding of the bytes gives.
+pub(crate) fn from_json<'a, T: Deserialize<'a>>(value: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(value) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(value),
     }
 }
 
@@ -364,6 +375,18 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn value_not_utf8_gets_byte_decoding_error() {
+        let value = b"{\"schema_version\": 1, \"submission\": \"caf\xe9\"}";
+        let from_bytes = serde_json::from_slice::<serde_json::Value>(value).unwrap_err();
+        let found = from_json::<serde_json::Value>(value).unwrap_err();
+        assert_eq!(found.to_string(), from_bytes.to_string());
+        assert_eq!(
+            from_json::<serde_json::Value>(b"{\"a\": \"caf\xc3\xa9\"}").unwrap(),
+            json!({"a": "caf\u{e9}"})
+        );
+    }
 
     /// Builds a submission with every optional part set, so that a section missing from
     /// [`Sections`] shows as a difference in the encoding.

@@ -153,7 +153,7 @@ impl<'a> RawView<'a> {
             contract: RawSubmission::NAME,
             source,
         };
-        let view: Self = serde_json::from_slice(payload).map_err(invalid)?;
+        let view: Self = crate::record::from_json(payload).map_err(invalid)?;
         if !matches!(view.fields, Answer::Group(_)) {
             // The typed decoding's message gives the position of answers that are not an object.
             let source = serde_json::from_slice::<RawSubmission>(payload).err();

@@ -43,7 +43,7 @@ pub fn transform_cost(
             world.projects_registry(),
             config.processors.duplicate_memory_entries,
         )),
-        Subject::Bare | Subject::Chain => {
+        Subject::Bare(_) | Subject::Chain => {
             bail!("the transform mode takes validate, geo or quality")
         }
     };

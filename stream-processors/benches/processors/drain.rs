@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use fieldforce_kafka::catalog::{
-    Catalog, SUBMISSIONS_DEADLETTER, SUBMISSIONS_PROCESSED, SUBMISSIONS_RAW, SUBMISSIONS_VALIDATED,
+    Catalog, SUBMISSIONS_DEADLETTER, SUBMISSIONS_LOCATED, SUBMISSIONS_PROCESSED,
+    SUBMISSIONS_VALIDATED,
 };
 use fieldforce_kafka::client::{base_config, consumer_config, producer_config};
 use fieldforce_kafka::offsets::{OffsetTracker, Ticket};
@@ -42,9 +43,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// The consumer that drains a backlog: the bare loop, one processor or the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject {
-    /// Copies each raw record unchanged to another topic, with the processors' client
-    /// settings and offset handling but no decoding, transform or batching.
-    Bare,
+    /// Copies each record of a backlog at the given stage unchanged to the next stage's
+    /// topic, with the processors' client settings and offset handling but no decoding,
+    /// transform or batching. Over the raw backlog it is the peer of every processor; over a
+    /// later stage's backlog it reads the same records as the processor of that stage.
+    Bare(Stage),
     /// The validation processor.
     Validate,
     /// The geo processor.
@@ -59,7 +62,9 @@ impl Subject {
     /// Parses the name used on the command line.
     pub fn parse(name: &str) -> Option<Self> {
         match name {
-            "bare" => Some(Self::Bare),
+            "bare" => Some(Self::Bare(Stage::Raw)),
+            "bare-validated" => Some(Self::Bare(Stage::Validated)),
+            "bare-located" => Some(Self::Bare(Stage::Located)),
             "validate" => Some(Self::Validate),
             "geo" => Some(Self::Geo),
             "quality" => Some(Self::Quality),
@@ -71,7 +76,9 @@ impl Subject {
     /// Returns the name used on the command line and in the output.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Bare => "bare",
+            Self::Bare(Stage::Raw) => "bare",
+            Self::Bare(Stage::Validated) => "bare-validated",
+            Self::Bare(Stage::Located) => "bare-located",
             Self::Validate => "validate",
             Self::Geo => "geo",
             Self::Quality => "quality",
@@ -82,7 +89,8 @@ impl Subject {
     /// Returns the stage of the backlog the subject reads.
     pub fn backlog(self) -> Stage {
         match self {
-            Self::Bare | Self::Validate | Self::Chain => Stage::Raw,
+            Self::Bare(stage) => stage,
+            Self::Validate | Self::Chain => Stage::Raw,
             Self::Geo => Stage::Validated,
             Self::Quality => Stage::Located,
         }
@@ -93,7 +101,7 @@ impl Subject {
     fn finishing_group(self, config: &Config) -> (String, &'static str) {
         let processor = |spec: StageSpec| (group_id(config, &spec), spec.input);
         match self {
-            Self::Bare => (bare_group(config), SUBMISSIONS_RAW),
+            Self::Bare(stage) => (bare_group(config), stage.topic()),
             Self::Validate => processor(validate::SPEC),
             Self::Geo => processor(geo::SPEC),
             Self::Quality | Self::Chain => processor(quality::SPEC),
@@ -103,7 +111,7 @@ impl Subject {
     /// Returns the catalog name of the topic the drained records end up in.
     fn output(self) -> &'static str {
         match self {
-            Self::Bare => SUBMISSIONS_VALIDATED,
+            Self::Bare(stage) => bare_output(stage),
             Self::Validate => validate::SPEC.output,
             Self::Geo => geo::SPEC.output,
             Self::Quality | Self::Chain => SUBMISSIONS_PROCESSED,
@@ -113,7 +121,7 @@ impl Subject {
     /// Returns every consumer group the subject joins.
     fn groups(self, config: &Config) -> Vec<String> {
         match self {
-            Self::Bare => vec![bare_group(config)],
+            Self::Bare(_) => vec![bare_group(config)],
             Self::Validate => vec![group_id(config, &validate::SPEC)],
             Self::Geo => vec![group_id(config, &geo::SPEC)],
             Self::Quality => vec![group_id(config, &quality::SPEC)],
@@ -134,7 +142,11 @@ impl Subject {
             tokio::spawn(runner(config.clone(), shutdown.clone()))
         };
         match self {
-            Self::Bare => vec![start(run_bare)],
+            Self::Bare(stage) => vec![tokio::spawn(Box::pin(bare_loop(
+                config.clone(),
+                shutdown.clone(),
+                stage,
+            )))],
             Self::Validate => vec![start(run_validate)],
             Self::Geo => vec![start(run_geo)],
             Self::Quality => vec![start(run_quality)],
@@ -144,10 +156,6 @@ impl Subject {
 }
 
 type BoxedRun = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
-
-fn run_bare(config: Config, shutdown: Shutdown) -> BoxedRun {
-    Box::pin(bare_loop(config, shutdown))
-}
 
 fn run_validate(config: Config, shutdown: Shutdown) -> BoxedRun {
     Box::pin(async move { Ok(validate::run(config, shutdown).await?) })
@@ -161,6 +169,16 @@ fn run_quality(config: Config, shutdown: Shutdown) -> BoxedRun {
     Box::pin(async move { Ok(quality::run(config, shutdown).await?) })
 }
 
+/// Returns the catalog name of the topic the bare loop copies a stage's records to: the one the
+/// processor of that stage writes.
+fn bare_output(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Raw => SUBMISSIONS_VALIDATED,
+        Stage::Validated => SUBMISSIONS_LOCATED,
+        Stage::Located => SUBMISSIONS_PROCESSED,
+    }
+}
+
 fn bare_group(config: &Config) -> String {
     format!("{}{BARE_GROUP}", config.processors.group_id_prefix)
 }
@@ -170,11 +188,11 @@ fn bare_group(config: &Config) -> String {
 /// stores an offset only after Kafka acknowledged the copy and every earlier record of its
 /// partition, for the background commit to send. It leaves out what the processors add:
 /// decoding, the transform, rayon batches, spans, and pausing partitions.
-async fn bare_loop(config: Config, mut shutdown: Shutdown) -> anyhow::Result<()> {
+async fn bare_loop(config: Config, mut shutdown: Shutdown, stage: Stage) -> anyhow::Result<()> {
     let consumer: StreamConsumer = consumer_config(&config.kafka, &bare_group(&config)).create()?;
-    consumer.subscribe(&[&config.kafka.topic(SUBMISSIONS_RAW)])?;
+    consumer.subscribe(&[&config.kafka.topic(stage.topic())])?;
     let producer: FutureProducer = producer_config(&config.kafka).create()?;
-    let output: Arc<str> = config.kafka.topic(SUBMISSIONS_VALIDATED).into();
+    let output: Arc<str> = config.kafka.topic(bare_output(stage)).into();
     let in_flight_max = config.processors.max_in_flight_records;
     let mut tracker = OffsetTracker::new();
     let mut deliveries = FuturesUnordered::new();
@@ -283,6 +301,12 @@ impl Drain {
     /// Returns records per second over the timed part.
     pub fn rate(&self) -> f64 {
         self.records as f64 / self.to_committed.as_secs_f64()
+    }
+
+    /// Returns records per second up to the acknowledgement of the last output record, which
+    /// leaves out the wait for the next background commit.
+    pub fn rate_to_last_output(&self) -> f64 {
+        self.records as f64 / self.to_last_output.as_secs_f64()
     }
 }
 

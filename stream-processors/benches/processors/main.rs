@@ -2,12 +2,16 @@
 //! backlog in the local Kafka, beside a bare consume-and-produce loop on the same broker.
 //!
 //! - `throughput [RECORDS] [ROUNDS]` (default 100,000 records, 3 rounds): in each round, in
-//!   the order bare, validate, geo, quality, writes a fresh backlog of RECORDS submissions
-//!   under a new topic prefix and drains it in this process. Prints every run, then the
-//!   median records/s of each subject and its ratio to the bare loop.
+//!   the order bare, validate, bare-validated, geo, bare-located, quality, writes a fresh
+//!   backlog of RECORDS submissions under a new topic prefix and drains it in this process.
+//!   Prints every run, then the median records/s of each subject and the medians of its
+//!   per-round ratios. One ratio is to the bare loop over raw records. The other is to the bare
+//!   loop over the processor's own input: `bare-validated` copies the records geo reads and
+//!   `bare-located` those quality reads, which are larger than raw ones. Each ratio is given
+//!   to the commit and to the last output record.
 //! - `memory SUBJECT [RECORDS]` (default 1,000,000 records): drains one backlog with one
-//!   subject (`bare`, `validate`, `geo`, `quality`, or `chain` for the three processors
-//!   together) and prints VmRSS over the drain. A child process writes the backlog, so the
+//!   subject (`bare`, `bare-validated`, `bare-located`, `validate`, `geo`, `quality`, or
+//!   `chain` for the three processors together) and prints VmRSS over the drain. A child process writes the backlog, so the
 //!   memory the generator used is not part of this process's figures.
 //! - `transform SUBJECT [RECORDS] [PASSES]` (default 100,000 records, 5 passes): times the
 //!   transform of `validate`, `geo` or `quality` alone, on one thread and without Kafka, over
@@ -51,11 +55,14 @@ const DEFAULT_MEMORY_RECORDS: usize = 1_000_000;
 const SEED: u64 = 20_240_501;
 const THROUGHPUT_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
-/// Order of the subjects in each throughput round.
-const ROUND: [Subject; 4] = [
-    Subject::Bare,
+/// Order of the subjects in each throughput round: each processor right after the bare loop
+/// over the same input.
+const ROUND: [Subject; 6] = [
+    Subject::Bare(Stage::Raw),
     Subject::Validate,
+    Subject::Bare(Stage::Validated),
     Subject::Geo,
+    Subject::Bare(Stage::Located),
     Subject::Quality,
 ];
 
@@ -144,7 +151,8 @@ async fn fresh_config(base: &Config) -> anyhow::Result<Config> {
 
 async fn throughput(base: &Config, records: usize, rounds: usize) -> anyhow::Result<()> {
     let world = World::load()?;
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); ROUND.len()];
+    // Per subject, the rate of each round to the commit and to the last output record.
+    let mut rates: Vec<Vec<(f64, f64)>> = vec![Vec::new(); ROUND.len()];
     for round in 1..=rounds {
         for (index, subject) in ROUND.iter().enumerate() {
             let config = fresh_config(base).await?;
@@ -155,7 +163,7 @@ async fn throughput(base: &Config, records: usize, rounds: usize) -> anyhow::Res
             clean_up(&config, *subject).await?;
             let drained = result?;
             println!(
-                "round {round} {:<8} {:>7} records of {} B: {:>7.0} records/s, {:.2} s \
+                "round {round} {:<14} {:>7} records of {} B: {:>7.0} records/s, {:.2} s \
                  (start-up {:.2} s, last output at {:.2} s), VmRSS {}",
                 subject.name(),
                 records,
@@ -166,34 +174,49 @@ async fn throughput(base: &Config, records: usize, rounds: usize) -> anyhow::Res
                 drained.to_last_output.as_secs_f64(),
                 rss_range(&drained),
             );
-            rates[index].push(drained.rate());
+            rates[index].push((drained.rate(), drained.rate_to_last_output()));
         }
     }
 
+    let rates_of = |subject: Subject| {
+        let index = ROUND
+            .iter()
+            .position(|candidate| *candidate == subject)
+            .expect("every peer is in the round");
+        &rates[index]
+    };
+    let bare = rates_of(Subject::Bare(Stage::Raw));
     println!();
     println!(
-        "| subject | records/s per round | median | median / bare median | median of per-round ratios |"
+        "| subject | records/s per round (to the commit) | median | ratio to bare, \
+         commit / last output | ratio to bare on the same input, commit / last output |"
     );
     println!("|---|---|---:|---:|---:|");
-    let bare = &rates[0];
-    let bare_median = median(bare.clone());
     for (subject, runs) in ROUND.iter().zip(&rates) {
-        let per_round: Vec<String> = runs.iter().map(|rate| format!("{rate:.0}")).collect();
-        let ratios: Vec<f64> = runs
-            .iter()
-            .zip(bare)
-            .map(|(rate, peer)| rate / peer)
-            .collect();
+        let per_round: Vec<String> = runs.iter().map(|(rate, _)| format!("{rate:.0}")).collect();
+        let same_input = rates_of(Subject::Bare(subject.backlog()));
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} |",
+            "| {} | {} | {:.0} | {} | {} |",
             subject.name(),
             per_round.join(", "),
-            median(runs.clone()),
-            median(runs.clone()) / bare_median,
-            median(ratios),
+            median(runs.iter().map(|(rate, _)| *rate).collect()),
+            ratios(runs, bare),
+            ratios(runs, same_input),
         );
     }
     Ok(())
+}
+
+/// Returns the medians of the per-round ratios of `runs` to `peer`, to the commit and to the
+/// last output record.
+fn ratios(runs: &[(f64, f64)], peer: &[(f64, f64)]) -> String {
+    let committed = runs.iter().zip(peer).map(|(run, peer)| run.0 / peer.0);
+    let last_output = runs.iter().zip(peer).map(|(run, peer)| run.1 / peer.1);
+    format!(
+        "{:.2} / {:.2}",
+        median(committed.collect()),
+        median(last_output.collect())
+    )
 }
 
 async fn memory(base: &Config, subject: Subject, records: usize) -> anyhow::Result<()> {
