@@ -39,7 +39,9 @@ impl FormDefinition {
 
 /// Builds the compacted-topic key of a form version.
 pub fn form_topic_key(org_id: &str, project_id: &str, form_id: &str, version: &str) -> String {
-    crate::topic_key(&[org_id, project_id, form_id, version])
+    // Joined rather than formatted: the processors build this key for every record, and
+    // `format!` took several times as many instructions.
+    [org_id, project_id, form_id, version].join("/")
 }
 
 /// One field of a form, from its `bind` and body control.

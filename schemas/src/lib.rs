@@ -35,19 +35,6 @@ pub mod project;
 pub mod submission;
 pub mod webhook;
 
-/// Joins the parts of a compacted-topic key with `/`. The processors build a key for every
-/// record they read, and `format!` took several times as many instructions as this.
-fn topic_key(parts: &[&str]) -> String {
-    let mut key = String::with_capacity(parts.iter().map(|part| part.len() + 1).sum());
-    for (index, part) in parts.iter().enumerate() {
-        if index > 0 {
-            key.push('/');
-        }
-        key.push_str(part);
-    }
-    key
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

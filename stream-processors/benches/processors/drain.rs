@@ -45,7 +45,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3_600);
 pub enum Subject {
     /// Copies each record of a backlog at the given stage unchanged to the next stage's
     /// topic, with the processors' client settings and offset handling but no decoding,
-    /// transform or batching. Over the raw backlog it is the peer of every processor; over a
+    /// transform or batching. Over the raw backlog it is the peer of every processor. Over a
     /// later stage's backlog it reads the same records as the processor of that stage.
     Bare(Stage),
     /// The validation processor.

@@ -11,8 +11,9 @@
 //!   to the commit and to the last output record.
 //! - `memory SUBJECT [RECORDS]` (default 1,000,000 records): drains one backlog with one
 //!   subject (`bare`, `bare-validated`, `bare-located`, `validate`, `geo`, `quality`, or
-//!   `chain` for the three processors together) and prints VmRSS over the drain. A child process writes the backlog, so the
-//!   memory the generator used is not part of this process's figures.
+//!   `chain` for the three processors together) and prints VmRSS over the drain. A child
+//!   process writes the backlog, so the memory the generator used is not part of this
+//!   process's figures.
 //! - `transform SUBJECT [RECORDS] [PASSES]` (default 100,000 records, 5 passes): times the
 //!   transform of `validate`, `geo` or `quality` alone, on one thread and without Kafka, over
 //!   the records a backlog would hold (see `cpu.rs`).
