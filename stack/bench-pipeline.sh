@@ -4,7 +4,8 @@
 # open-loop load with fieldforce-replay. It samples every group's lag every 2 s until the
 # sink has caught up, then reports the accepted-to-stored latency and each group's highest
 # lag.
-# Needs the stack (`make up`) and `cargo build --release --workspace --bins`.
+# Needs the stack (`make up`) and `cargo build --release --workspace --bins`. BIN=DIR takes
+# the services from DIR instead of target/release, to compare two builds.
 #
 # usage: stack/bench-pipeline.sh TAG FORMAT RATE DURATION_S SEED [BATCH]
 #   TAG         names the topics (bench-TAG.), the database (bench_TAG), the consumer groups
@@ -17,14 +18,14 @@
 set -euo pipefail
 
 if (($# < 5)); then
-    sed -n '9,16p' "$0" >&2
+    sed -n '10,17p' "$0" >&2
     exit 2
 fi
 tag=$1 format=$2 rate=$3 duration_s=$4 seed=$5 batch=${6:-20}
 
 cd "$(dirname "$0")/.."
 out=target/bench
-bin=target/release
+bin=${BIN:-target/release}
 mkdir -p "$out"
 export FIELDFORCE_KAFKA__TOPIC_PREFIX=bench-$tag. FIELDFORCE_MONGODB__DATABASE=bench_$tag
 export FIELDFORCE_PROCESSORS__GROUP_ID_PREFIX=bench-$tag. FIELDFORCE_SINK__GROUP_ID_PREFIX=bench-$tag.

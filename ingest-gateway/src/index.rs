@@ -7,10 +7,29 @@
 //! [`KeyFilter`] of every key in the store sits between the two. A key it reports absent is
 //! new without a store lookup. Only keys it reports as maybe present are read from the
 //! store: resends, edits, split uploads and about `index_filter_false_positive_rate` of the
-//! new keys. The filter is filled at start by streaming the `_id`s of the collection in the
-//! background, then every `index_refresh_ms` from the recently written entries, so that keys
-//! written by other replicas become known. Keys this process accepts go into it at once.
-//! Until the first full read finishes, every miss of the map goes to the store.
+//! new keys. The filter is filled at start by streaming the keys of the store in the
+//! background. Keys this process accepts go into it at once. Keys that other replicas accept
+//! reach it in two ways: the stored-submission events (see [`stored_events`]), and every
+//! `index_refresh_ms` a read of the recently written index entries. Until the first full
+//! read finishes, every miss of the map goes to the store.
+//!
+//! The store keeps an original (an instance whose instanceID is its own submission id) in
+//! the sink's stored document: its `_id` is the same `org/instanceID` key, and it carries the
+//! content hash, the revision and the attachments. A second document per submission for the
+//! index would double the store's writes, and on the local FerretDB 1.24 over PostgreSQL
+//! those index writes raised the gateway's p99 latency at 2,000 posts/s from about 4.5 ms to
+//! about 11 ms (docs/benchmarks/gateway.md). So the index collection receives only the
+//! entries that no stored document contains under their own key: edits (their document is
+//! filed under the original's id), the original an edit supersedes (its document then
+//! contains the edit's content), and originals that leave memory (evicted, idle, or at
+//! shutdown) before the stored-submission event of their revision arrived.
+//!
+//! The price is a window. Between the gateway's answer and the sink's write (the pipeline's
+//! latency, longer while the sink lags) an original is known only to the memory of the
+//! process that accepted it. If that process stops without its shutdown (a crash, or a kill
+//! past the deadline), a resend in that window counts as new, and so does a resend to
+//! another replica. The sink then keeps the first version, since it inserts originals and
+//! never replaces them with another revision 0.
 //!
 //! The map drops an entry after `index_cache_idle_ms` without a read or a write, so that
 //! its memory goes back down after a burst. A later post of that instance reads the entry
@@ -26,16 +45,17 @@
 //! equality. Against the local FerretDB 1.24 on 2 shared cores, with 79,000 entries, that
 //! took about 40 ms where a full read took 2.8 s (one measurement each).
 //!
-//! Accepted entries are written behind in batches after their delivery report, so the store
-//! receives a few writes per burst rather than one per submission. When the store is
-//! unreachable the gateway warns and goes on with memory alone. An entry that never reached
-//! the store is forgotten once it is evicted or idle, and a resend of it then counts as new.
-//! The sink stays the final arbiter, since it keeps the highest revision and ignores
-//! identical duplicates.
+//! Index entries are written behind in batches after their delivery report, so the store
+//! receives a few writes per burst rather than one per entry. When the store is unreachable
+//! the gateway warns and goes on with memory alone. An entry that never reached the store is
+//! forgotten once it is evicted or idle, and a resend of it then counts as new. The sink
+//! stays the final arbiter, since it keeps the highest revision and ignores identical
+//! duplicates.
 //!
 //! NOTE: the per-key lock is per process, and a replica learns the keys of other replicas
-//! only at its next refresh. Two replicas that receive the same instanceID within one
-//! `index_refresh_ms` can both produce it as new; the sink then drops the duplicate.
+//! only from their stored-submission events or its next refresh. Two replicas that receive
+//! the same instanceID before either is stored can both produce it as new; the sink then
+//! keeps the first.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +73,7 @@ use tokio::sync::{OwnedMutexGuard, Semaphore, mpsc, oneshot};
 use crate::filter::KeyFilter;
 
 mod cache;
+pub mod stored_events;
 
 use cache::IndexCache;
 
@@ -149,22 +170,58 @@ pub trait IndexStore: Send + Sync {
     ) -> BoxFuture<'a, Result<u64, IndexStoreError>>;
 }
 
-/// The index in a MongoDB collection, one document per `org/instanceID`.
+/// The index in MongoDB: the stored submissions, read only, and a collection of the entries
+/// that no stored document contains under their own key, one document per `org/instanceID`.
 #[derive(Debug, Clone)]
 pub struct MongoIndexStore {
     collection: Collection<Document>,
+    stored: Collection<Document>,
     /// Random id of this process, written into each entry it saves, so that its refreshes
     /// read only the entries of other replicas.
     writer: String,
 }
 
 impl MongoIndexStore {
-    /// Uses the given collection, with a new writer id.
-    pub fn new(collection: Collection<Document>) -> Self {
+    /// Uses the given index collection and the sink's collection of stored submissions
+    /// ([`STORED_COLLECTION`](fieldforce_schemas::submission::STORED_COLLECTION)), with a new
+    /// writer id.
+    pub fn new(collection: Collection<Document>, stored: Collection<Document>) -> Self {
         Self {
             collection,
+            stored,
             writer: uuid::Uuid::new_v4().simple().to_string(),
         }
+    }
+
+    /// Reads the entry of one key: the stored submission under that `_id` while it is still
+    /// the key's own instance, else the index collection's entry.
+    async fn load_one(&self, key: &str) -> Result<Option<IndexEntry>, IndexStoreError> {
+        let stored = self
+            .stored
+            .find_one(doc! { "_id": key })
+            .projection(doc! {
+                "submission_id": 1,
+                "instance_id": 1,
+                "content_sha256": 1,
+                "revision": 1,
+                "attachments": 1,
+            })
+            .await?;
+        if let Some(document) = &stored
+            && holds_own_instance(document)
+        {
+            return entry_from_stored(key, document).map(Some);
+        }
+
+        if let Some(document) = self.collection.find_one(doc! { "_id": key }).await? {
+            return entry_from_document(key, &document).map(Some);
+        }
+        // NOTE: an original superseded by an edit whose index entry never reached the store
+        // (store down, or the write queue full) is read with the edit's hash, so an
+        // identical resend of that original reads as a conflict.
+        stored
+            .map(|document| entry_from_stored(key, &document))
+            .transpose()
     }
 }
 
@@ -174,18 +231,14 @@ impl IndexStore for MongoIndexStore {
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<HashMap<String, IndexEntry>, IndexStoreError>> {
         Box::pin(async move {
-            // One `_id` equality query per key, because FerretDB 1.24 executes `$in` by
-            // reading the whole collection.
+            // Equality queries per key, because FerretDB 1.24 executes `$in` by reading the
+            // whole collection.
             futures::stream::iter(keys.iter().cloned())
                 .map(|key| {
-                    let collection = self.collection.clone();
+                    let store = self.clone();
                     async move {
-                        let Some(document) = collection.find_one(doc! { "_id": &key }).await?
-                        else {
-                            return Ok(None);
-                        };
-                        let entry = entry_from_document(&key, &document)?;
-                        Ok(Some((key, entry)))
+                        let entry = store.load_one(&key).await?;
+                        Ok(entry.map(|entry| (key, entry)))
                     }
                 })
                 .buffer_unordered(FIND_CONCURRENCY)
@@ -233,7 +286,10 @@ impl IndexStore for MongoIndexStore {
                     .keys(doc! { "received_bucket": 1 })
                     .build();
                 self.collection.create_index(index).await?;
-                return self.visit_matching_keys(doc! {}, visit).await;
+                // NOTE: FerretDB 1.24 reads whole stored documents to return their `_id`s,
+                // so this read takes several times as long as one of the small index entries.
+                let stored = visit_ids(&self.stored, doc! {}, visit).await?;
+                return Ok(stored + visit_ids(&self.collection, doc! {}, visit).await?);
             };
 
             // One equality query per bucket rather than a range, because FerretDB 1.24
@@ -244,39 +300,38 @@ impl IndexStore for MongoIndexStore {
             let last = received_bucket(bson::DateTime::now());
             for bucket in received_bucket(since)..=last {
                 let filter = doc! { "received_bucket": bucket, "writer": { "$ne": &self.writer } };
-                count += self.visit_matching_keys(filter, visit).await?;
+                count += visit_ids(&self.collection, filter, visit).await?;
             }
             Ok(count)
         })
     }
 }
 
-impl MongoIndexStore {
-    async fn visit_matching_keys(
-        &self,
-        filter: Document,
-        visit: &(dyn Fn(&str) + Send + Sync),
-    ) -> Result<u64, IndexStoreError> {
-        let mut cursor = self
-            .collection
-            .find(filter)
-            .projection(doc! { "_id": 1 })
-            .batch_size(10_000)
-            .await?;
-        let mut count = 0;
-        while cursor.advance().await? {
-            let document = cursor.deserialize_current()?;
-            let key = document
-                .get_str("_id")
-                .map_err(|error| IndexStoreError::Invalid {
-                    key: format!("{:?}", document.get("_id")),
-                    reason: error.to_string(),
-                })?;
-            visit(key);
-            count += 1;
-        }
-        Ok(count)
+/// Passes the `_id` of every document of `collection` that matches `filter` to `visit`, and
+/// returns how many it passed.
+async fn visit_ids(
+    collection: &Collection<Document>,
+    filter: Document,
+    visit: &(dyn Fn(&str) + Send + Sync),
+) -> Result<u64, IndexStoreError> {
+    let mut cursor = collection
+        .find(filter)
+        .projection(doc! { "_id": 1 })
+        .batch_size(10_000)
+        .await?;
+    let mut count = 0;
+    while cursor.advance().await? {
+        let document = cursor.deserialize_current()?;
+        let key = document
+            .get_str("_id")
+            .map_err(|error| IndexStoreError::Invalid {
+                key: format!("{:?}", document.get("_id")),
+                reason: error.to_string(),
+            })?;
+        visit(key);
+        count += 1;
     }
+    Ok(count)
 }
 
 /// Returns the number of the [`RECEIVED_BUCKET`]-wide time slot that contains `time`.
@@ -338,23 +393,72 @@ fn entry_from_document(key: &str, document: &Document) -> Result<IndexEntry, Ind
             .map(str::to_owned)
             .map_err(|error| invalid(format!("{field}: {error}")))
     };
+    Ok(IndexEntry {
+        content_sha256: text("sha256")?,
+        root_id: text("root_id")?,
+        revision: revision_of(key, document)?,
+        attachments: attachments_of(key, document)?,
+    })
+}
+
+/// Reads the `revision` field, which the gateway writes as a 64-bit integer and other
+/// writers may have stored as a 32-bit integer or a double.
+fn revision_of(key: &str, document: &Document) -> Result<u32, IndexStoreError> {
+    let invalid = |reason: String| IndexStoreError::Invalid {
+        key: key.to_owned(),
+        reason: format!("revision: {reason}"),
+    };
     let revision = match document.get("revision") {
         Some(bson::Bson::Int32(value)) => i64::from(*value),
         Some(bson::Bson::Int64(value)) => *value,
         Some(bson::Bson::Double(value)) => *value as i64,
-        other => return Err(invalid(format!("revision: {other:?}"))),
+        other => return Err(invalid(format!("{other:?}"))),
     };
-    let attachments = match document.get("attachments") {
-        Some(value) => {
-            bson::from_bson(value.clone()).map_err(|error| invalid(error.to_string()))?
-        }
-        None => Vec::new(),
+    u32::try_from(revision).map_err(|error| invalid(error.to_string()))
+}
+
+/// Reads the `attachments` field; a document without one has none.
+fn attachments_of(key: &str, document: &Document) -> Result<Vec<Attachment>, IndexStoreError> {
+    match document.get("attachments") {
+        Some(value) => bson::from_bson(value.clone()).map_err(|error| IndexStoreError::Invalid {
+            key: key.to_owned(),
+            reason: format!("attachments: {error}"),
+        }),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Returns whether a stored submission still contains the instance its `_id` names: an
+/// original, or one of its split uploads, rather than an edit filed under the original's id.
+fn holds_own_instance(document: &Document) -> bool {
+    match (
+        document.get_str("instance_id"),
+        document.get_str("submission_id"),
+    ) {
+        (Ok(instance_id), Ok(submission_id)) => instance_id == submission_id,
+        // A submission stored without an instanceID was never edited through this gateway.
+        (Err(_), _) => true,
+        (Ok(_), Err(_)) => false,
+    }
+}
+
+/// Builds the entry of a key from the sink's stored document of that submission.
+fn entry_from_stored(key: &str, document: &Document) -> Result<IndexEntry, IndexStoreError> {
+    let invalid = |reason: String| IndexStoreError::Invalid {
+        key: key.to_owned(),
+        reason,
+    };
+    let text = |field: &str| {
+        document
+            .get_str(field)
+            .map(str::to_owned)
+            .map_err(|error| invalid(format!("{field}: {error}")))
     };
     Ok(IndexEntry {
-        content_sha256: text("sha256")?,
-        root_id: text("root_id")?,
-        revision: u32::try_from(revision).map_err(|error| invalid(error.to_string()))?,
-        attachments,
+        content_sha256: text("content_sha256")?,
+        root_id: text("submission_id")?,
+        revision: revision_of(key, document)?,
+        attachments: attachments_of(key, document)?,
     })
 }
 
@@ -459,6 +563,48 @@ struct KnownKeys {
     loaded: AtomicBool,
 }
 
+/// Tells a [`SubmissionIndex`], for as long as it exists, which keys the store contains: they
+/// go into its Bloom filter, and a cached original stops awaiting its stored document.
+#[derive(Debug, Clone)]
+pub struct StoredKeys {
+    known: Weak<KnownKeys>,
+    cache: Weak<Mutex<IndexCache>>,
+}
+
+impl StoredKeys {
+    /// Adds a key to the filter, and returns false once the index is gone.
+    pub fn add(&self, key: &str) -> bool {
+        let Some(known) = self.known.upgrade() else {
+            return false;
+        };
+        known.filter.insert(key);
+        true
+    }
+
+    /// Adds the key of a stored submission and ends the wait of its cached entry when the
+    /// sink has stored that entry's revision or a newer one. Returns false once the index is
+    /// gone.
+    pub fn add_stored(&self, key: &str, revision: u32) -> bool {
+        if !self.add(key) {
+            return false;
+        }
+        if let Some(cache) = self.cache.upgrade() {
+            cache
+                .lock()
+                .expect("index cache lock is never poisoned")
+                .confirm_stored(key, revision);
+        }
+        true
+    }
+
+    /// Returns whether the filter may contain `key`; false once the index is gone.
+    pub fn may_contain(&self, key: &str) -> bool {
+        self.known
+            .upgrade()
+            .is_some_and(|known| known.filter.may_contain(key))
+    }
+}
+
 /// Number of per-key locks the lock table may reach before its first sweep.
 const LOCK_TABLE_MIN_SWEEP: usize = 1024;
 
@@ -504,9 +650,55 @@ pub struct SubmissionIndex {
     locks: Mutex<LockTable>,
     health: Arc<StoreHealth>,
     lookups: Option<mpsc::Sender<Lookup>>,
-    writes: Mutex<Option<mpsc::Sender<(String, IndexEntry)>>>,
+    writes: Arc<WriteQueue>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    queue_warnings: WarnLimiter,
+}
+
+/// The sending side of the write-behind queue, shared with the task that removes idle
+/// entries, and closed by [`SubmissionIndex::flush`].
+#[derive(Debug, Default)]
+struct WriteQueue {
+    sender: Mutex<Option<mpsc::Sender<(String, IndexEntry)>>>,
+    warnings: WarnLimiter,
+}
+
+impl WriteQueue {
+    /// Queues entries for the store without waiting; an entry that finds the queue full or
+    /// closed is not written.
+    fn push(&self, entries: Vec<(String, IndexEntry)>) {
+        // Most calls carry nothing, and they come once per request.
+        if entries.is_empty() {
+            return;
+        }
+        let sender = self
+            .sender
+            .lock()
+            .expect("index write queue lock is never poisoned")
+            .clone();
+        let Some(sender) = sender else {
+            return;
+        };
+        for entry in entries {
+            // Under a burst this fires once per request, so it is rate-limited like the
+            // store warnings.
+            if sender.try_send(entry).is_err()
+                && let Some(suppressed) = self.warnings.admit()
+            {
+                tracing::warn!(
+                    suppressed,
+                    "submission index write queue full, entry not written to the store"
+                );
+            }
+        }
+    }
+
+    /// Takes the sender away, so that the queue closes once the last clone in use drops.
+    fn close(&self) -> Option<mpsc::Sender<(String, IndexEntry)>> {
+        self.sender
+            .lock()
+            .expect("index write queue lock is never poisoned")
+            .take()
+    }
 }
 
 impl SubmissionIndex {
@@ -519,8 +711,10 @@ impl SubmissionIndex {
             settings.cache_entries,
             settings.cache_idle,
         )));
+        let writes = Arc::new(WriteQueue::default());
         tokio::spawn(remove_idle_entries(
             Arc::downgrade(&cache),
+            writes.clone(),
             settings.cache_idle,
         ));
         let health = Arc::new(StoreHealth::default());
@@ -537,7 +731,7 @@ impl SubmissionIndex {
             ));
             known
         });
-        let (lookups, writes, writer) = match &store {
+        let (lookups, writer) = match &store {
             Some(store) => {
                 let (lookup_sender, lookup_receiver) = mpsc::channel(LOOKUP_QUEUE);
                 tokio::spawn(look_up_in_batches(
@@ -547,11 +741,15 @@ impl SubmissionIndex {
                     timeout,
                 ));
                 let (write_sender, write_receiver) = mpsc::channel(WRITE_QUEUE);
+                *writes
+                    .sender
+                    .lock()
+                    .expect("index write queue lock is never poisoned") = Some(write_sender);
                 let task =
                     tokio::spawn(write_behind(store.clone(), write_receiver, health.clone()));
-                (Some(lookup_sender), Some(write_sender), Some(task))
+                (Some(lookup_sender), Some(task))
             }
-            None => (None, None, None),
+            None => (None, None),
         };
         Self {
             created: Instant::now(),
@@ -561,9 +759,8 @@ impl SubmissionIndex {
             locks: Mutex::new(LockTable::default()),
             health,
             lookups,
-            writes: Mutex::new(writes),
+            writes,
             writer: Mutex::new(writer),
-            queue_warnings: WarnLimiter::default(),
         }
     }
 
@@ -643,53 +840,76 @@ impl SubmissionIndex {
             }
         };
         if let Some(entry) = &entry {
-            self.remember(key.to_owned(), entry.clone());
+            self.remember(key.to_owned(), entry.clone(), false);
         }
         entry
     }
 
-    /// Records an accepted instance in memory and queues it for the store.
+    /// Records an accepted original in memory. It is not queued for the store, because the
+    /// sink's stored document of the submission, under the same key, becomes its entry there.
+    /// Only if it leaves memory before the sink has stored it (see [`StoredKeys`]) is it
+    /// written to the index collection: when it is evicted, idle or flushed at shutdown.
+    pub fn insert_original(&self, key: String, entry: IndexEntry) {
+        if let Some(known) = &self.known {
+            known.filter.insert(&key);
+        }
+        self.remember(key, entry, true);
+    }
+
+    /// Records an accepted instance in memory and queues it for the store: an edit, or an
+    /// original that an edit supersedes.
     pub fn insert(&self, key: String, entry: IndexEntry) {
         if let Some(known) = &self.known {
             known.filter.insert(&key);
         }
-        self.remember(key.clone(), entry.clone());
-        let writes = self
-            .writes
-            .lock()
-            .expect("index writer lock is never poisoned");
-        if let Some(sender) = writes.as_ref()
-            && sender.try_send((key, entry)).is_err()
-        {
-            // Under a burst this fires once per request, so it is rate-limited like the
-            // store warnings.
-            if let Some(suppressed) = self.queue_warnings.admit() {
-                tracing::warn!(
-                    suppressed,
-                    "submission index write queue full, entry kept in memory only"
-                );
-            }
-        }
+        self.remember(key.clone(), entry.clone(), false);
+        self.writes.push(vec![(key, entry)]);
     }
 
-    /// Stops taking writes and waits for the queued ones to reach the store.
+    /// Queues the originals still awaiting their stored document, stops taking writes and
+    /// waits, up to `deadline`, for the queued ones to reach the store.
     pub async fn flush(&self, deadline: Duration) {
-        drop(
-            self.writes
-                .lock()
-                .expect("index writer lock is never poisoned")
-                .take(),
-        );
+        let stop_at = tokio::time::Instant::now() + deadline;
+        let awaiting = self
+            .cache
+            .lock()
+            .expect("index cache lock is never poisoned")
+            .take_awaiting();
+        if let Some(sender) = self.writes.close() {
+            if !awaiting.is_empty() {
+                tracing::info!(
+                    entries = awaiting.len(),
+                    "saving submission index entries not yet stored by the sink"
+                );
+            }
+            for entry in awaiting {
+                if tokio::time::timeout_at(stop_at, sender.send(entry))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
         let writer = self
             .writer
             .lock()
             .expect("index writer lock is never poisoned")
             .take();
         if let Some(writer) = writer
-            && tokio::time::timeout(deadline, writer).await.is_err()
+            && tokio::time::timeout_at(stop_at, writer).await.is_err()
         {
             tracing::warn!("submission index writes not finished before the shutdown deadline");
         }
+    }
+
+    /// Returns the handle through which keys stored by other replicas reach the Bloom
+    /// filter, or `None` without a store.
+    pub fn stored_keys(&self) -> Option<StoredKeys> {
+        self.known.as_ref().map(|known| StoredKeys {
+            known: Arc::downgrade(known),
+            cache: Arc::downgrade(&self.cache),
+        })
     }
 
     /// Returns the number of entries in memory, idle ones not yet removed included.
@@ -707,12 +927,16 @@ impl SubmissionIndex {
             .get(key, Instant::now())
     }
 
-    fn remember(&self, key: String, entry: IndexEntry) {
-        let mut cache = self
-            .cache
-            .lock()
-            .expect("index cache lock is never poisoned");
-        cache.insert(key, entry, Instant::now());
+    fn remember(&self, key: String, entry: IndexEntry, awaiting_store: bool) {
+        let unsaved = {
+            let mut cache = self
+                .cache
+                .lock()
+                .expect("index cache lock is never poisoned");
+            cache.insert(key, entry, Instant::now(), awaiting_store);
+            cache.take_unsaved()
+        };
+        self.writes.push(unsaved);
     }
 }
 
@@ -814,8 +1038,13 @@ async fn track_store_keys(
 }
 
 /// Removes entries idle for `idle_limit` from memory, checking four times per limit, until
-/// the index is dropped. An entry therefore stays up to a quarter of the limit past it.
-async fn remove_idle_entries(cache: Weak<Mutex<IndexCache>>, idle_limit: Duration) {
+/// the index is dropped, and queues the removed ones that still await their stored document.
+/// An entry therefore stays up to a quarter of the limit past it.
+async fn remove_idle_entries(
+    cache: Weak<Mutex<IndexCache>>,
+    writes: Arc<WriteQueue>,
+    idle_limit: Duration,
+) {
     let mut ticks = tokio::time::interval((idle_limit / 4).max(Duration::from_millis(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -824,11 +1053,15 @@ async fn remove_idle_entries(cache: Weak<Mutex<IndexCache>>, idle_limit: Duratio
             let Some(index_cache) = cache.upgrade() else {
                 return;
             };
-            let done = index_cache
-                .lock()
-                .expect("index cache lock is never poisoned")
-                .remove_idle(Instant::now(), IDLE_REMOVAL_BATCH);
+            let (done, unsaved) = {
+                let mut index_cache = index_cache
+                    .lock()
+                    .expect("index cache lock is never poisoned");
+                let done = index_cache.remove_idle(Instant::now(), IDLE_REMOVAL_BATCH);
+                (done, index_cache.take_unsaved())
+            };
             drop(index_cache);
+            writes.push(unsaved);
             if done {
                 break;
             }

@@ -91,6 +91,9 @@ impl Intake {
         let key = SubmissionIndex::key(&incoming.org_id, &incoming.instance_id);
         let _guard = self.index.lock(&key).await;
 
+        // The original's entry, when this post is an edit of an original that no edit had
+        // superseded before: the store must keep it once the edit replaces its document.
+        let mut superseded = None;
         let placement = match self.index.get(&key).await {
             Some(entry) if entry.content_sha256 != incoming.content_sha256 => {
                 return Err(GatewayError::Conflict(incoming.instance_id));
@@ -124,6 +127,9 @@ impl Intake {
                     let Some(original) = self.index.get(&original_key).await else {
                         return Err(GatewayError::OriginalNotFound(deprecated_id.clone()));
                     };
+                    if original.root_id == *deprecated_id {
+                        superseded = Some((original_key, original.clone()));
+                    }
                     // An edit keeps the files it still names, as ODK Collect does not send
                     // unchanged attachments again.
                     let kept = original
@@ -145,6 +151,9 @@ impl Intake {
             },
         };
 
+        // An original's stored document is filed under its own instanceID, so it is the
+        // index entry; an edit's is filed under the original's id.
+        let stored_under_own_key = placement.submission_id == incoming.instance_id;
         let attachments = self.store_files(&incoming, &placement).await?;
         let missing_attachments = missing(&incoming.referenced_files, &attachments);
         let received_at_ms = now_ms();
@@ -186,15 +195,20 @@ impl Intake {
             SubmissionSource::Json | SubmissionSource::Partner => "json",
         });
 
-        self.index.insert(
-            key,
-            IndexEntry {
-                content_sha256: incoming.content_sha256,
-                root_id: placement.submission_id.clone(),
-                revision: placement.revision,
-                attachments,
-            },
-        );
+        let entry = IndexEntry {
+            content_sha256: incoming.content_sha256,
+            root_id: placement.submission_id.clone(),
+            revision: placement.revision,
+            attachments,
+        };
+        if stored_under_own_key {
+            self.index.insert_original(key, entry);
+        } else {
+            self.index.insert(key, entry);
+        }
+        if let Some((original_key, original)) = superseded {
+            self.index.insert(original_key, original);
+        }
         tracing::debug!(
             submission_id = %placement.submission_id,
             revision = placement.revision,

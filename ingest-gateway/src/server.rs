@@ -5,10 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldforce_kafka::catalog::{FORMS, PROJECT_SETTINGS, SUBMISSIONS_RAW, WEBHOOKS_SUBSCRIPTIONS};
+use fieldforce_kafka::catalog::{
+    FORMS, PROJECT_SETTINGS, SUBMISSIONS_RAW, SUBMISSIONS_STORED, WEBHOOKS_SUBSCRIPTIONS,
+};
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::Shutdown;
 use fieldforce_schemas::analytics::DAILY_COLLECTION;
+use fieldforce_schemas::submission::STORED_COLLECTION;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,7 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::blob::{self, BlobConfigError};
-use crate::index::{IndexSettings, IndexStore, MongoIndexStore, SubmissionIndex};
+use crate::index::{IndexSettings, IndexStore, MongoIndexStore, SubmissionIndex, stored_events};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::producer::GatewayProducer;
@@ -61,8 +64,17 @@ pub async fn run(
     let database = mongo.database(&config.mongodb.database);
     let index_store: Arc<dyn IndexStore> = Arc::new(MongoIndexStore::new(
         database.collection(&config.gateway.index_collection),
+        database.collection(STORED_COLLECTION),
     ));
     let index = SubmissionIndex::new(Some(index_store), &IndexSettings::from_config(gateway));
+    if let Some(stored_keys) = index.stored_keys() {
+        tokio::spawn(stored_events::follow(
+            config.kafka.clone(),
+            config.kafka.topic(SUBMISSIONS_STORED),
+            stored_keys,
+            shutdown.clone(),
+        ));
+    }
     let blobs = blob::open(gateway)?;
     let state = Arc::new(AppState {
         config: gateway.clone(),

@@ -1,5 +1,6 @@
-//! The submission index against the local MongoDB-compatible store: what its Bloom filter
-//! lets skip the store, and keys written by another index on the same database.
+//! The submission index against the local MongoDB-compatible store and Kafka: what its Bloom
+//! filter lets skip the store, keys written by another index on the same database, the
+//! originals it keeps in the stored documents, and the stored-submission events it reads.
 
 mod support;
 
@@ -10,9 +11,17 @@ use std::time::{Duration, Instant};
 
 use fieldforce_gateway::index::{
     IndexEntry, IndexSettings, IndexStore, IndexStoreError, MongoIndexStore, SubmissionIndex,
+    stored_events,
 };
+use fieldforce_kafka::catalog::{Catalog, SUBMISSIONS_STORED};
+use fieldforce_kafka::client::producer_config;
 use fieldforce_runtime::config::Config;
+use fieldforce_runtime::shutdown;
+use fieldforce_schemas::codec;
+use fieldforce_schemas::submission::STORED_COLLECTION;
+use fieldforce_schemas::webhook::SubmissionStored;
 use futures::future::BoxFuture;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::test_config;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -64,18 +73,23 @@ impl IndexStore for CountingStore {
 }
 
 async fn counting_store(config: &Config) -> Arc<CountingStore> {
-    let client = mongodb::Client::with_uri_str(&config.mongodb.uri)
-        .await
-        .expect("mongodb uri is valid");
-    let collection = client
-        .database(&config.mongodb.database)
-        .collection(&config.gateway.index_collection);
     Arc::new(CountingStore {
-        inner: MongoIndexStore::new(collection),
+        inner: MongoIndexStore::new(
+            collection(config, &config.gateway.index_collection).await,
+            collection(config, STORED_COLLECTION).await,
+        ),
         looked_up: AtomicUsize::new(0),
         refreshes: AtomicUsize::new(0),
         refreshed_keys: AtomicUsize::new(0),
     })
+}
+
+async fn collection(config: &Config, name: &str) -> mongodb::Collection<bson::Document> {
+    mongodb::Client::with_uri_str(&config.mongodb.uri)
+        .await
+        .expect("mongodb uri is valid")
+        .database(&config.mongodb.database)
+        .collection(name)
 }
 
 fn settings(config: &Config) -> IndexSettings {
@@ -328,4 +342,210 @@ async fn warming_up_until_filter_loaded() {
         !memory_only.warming_up(),
         "without a store there is nothing to load"
     );
+}
+
+/// Returns an original's key and entry: its root is its own instanceID.
+fn original() -> (String, IndexEntry) {
+    let instance_id = format!("uuid:{}", uuid::Uuid::new_v4());
+    let key = SubmissionIndex::key("demo", &instance_id);
+    let entry = IndexEntry {
+        root_id: instance_id,
+        ..entry(0)
+    };
+    (key, entry)
+}
+
+/// Builds the fields of a stored submission that the index reads, as the sink writes them.
+fn stored_document(key: &str, instance_id: &str, sha256: &str, revision: i64) -> bson::Document {
+    let (_, submission_id) = key.split_once('/').expect("key is org/id");
+    bson::doc! {
+        "_id": key,
+        "submission_id": submission_id,
+        "instance_id": instance_id,
+        "org_id": "demo",
+        "content_sha256": sha256,
+        "revision": revision,
+        "attachments": [],
+    }
+}
+
+async fn index_entry_count(config: &Config, key: &str) -> u64 {
+    collection(config, &config.gateway.index_collection)
+        .await
+        .count_documents(bson::doc! { "_id": key })
+        .await
+        .expect("counting index entries failed")
+}
+
+#[tokio::test]
+async fn original_saved_at_flush_until_stored() {
+    let config = test_config();
+    let index = SubmissionIndex::new(Some(counting_store(&config).await), &settings(&config));
+    wait_for_filter(&index).await;
+    let stored_keys = index
+        .stored_keys()
+        .expect("an index with a store has a filter");
+
+    let (awaiting_key, awaiting) = original();
+    let (stored_key, stored) = original();
+    index.insert_original(awaiting_key.clone(), awaiting.clone());
+    index.insert_original(stored_key.clone(), stored);
+    assert!(stored_keys.add_stored(&stored_key, 0));
+    index.flush(DEADLINE).await;
+
+    assert_eq!(index_entry_count(&config, &stored_key).await, 0);
+    assert_eq!(index_entry_count(&config, &awaiting_key).await, 1);
+    let restarted = SubmissionIndex::new(Some(counting_store(&config).await), &settings(&config));
+    wait_for_filter(&restarted).await;
+    assert_eq!(restarted.get(&awaiting_key).await, Some(awaiting));
+}
+
+#[tokio::test]
+async fn idle_original_saved_until_stored() {
+    let config = test_config();
+    let settings = IndexSettings {
+        cache_idle: Duration::from_millis(500),
+        ..settings(&config)
+    };
+    let index = SubmissionIndex::new(Some(counting_store(&config).await), &settings);
+    wait_for_filter(&index).await;
+
+    let (key, accepted) = original();
+    index.insert_original(key.clone(), accepted.clone());
+    assert_eq!(index_entry_count(&config, &key).await, 0);
+    poll("idle original written to the index collection", || async {
+        (index_entry_count(&config, &key).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(index.cached_entries(), 0);
+    assert_eq!(index.get(&key).await, Some(accepted));
+}
+
+#[tokio::test]
+async fn original_read_from_stored_document() {
+    let config = test_config();
+    let (key, _) = original();
+    let (_, instance_id) = key.split_once('/').unwrap();
+    collection(&config, STORED_COLLECTION)
+        .await
+        .insert_one(stored_document(&key, instance_id, &"cd".repeat(32), 2))
+        .await
+        .expect("inserting a stored document failed");
+
+    let store = counting_store(&config).await;
+    let index = SubmissionIndex::new(Some(store.clone()), &settings(&config));
+    wait_for_filter(&index).await;
+
+    let found = index.get(&key).await.expect("stored original found");
+    assert_eq!(found.root_id, instance_id);
+    assert_eq!(found.content_sha256, "cd".repeat(32));
+    assert_eq!(found.revision, 2);
+    assert_eq!(
+        store.looked_up.load(Ordering::SeqCst),
+        1,
+        "the full read puts stored keys into the filter"
+    );
+    assert_eq!(index.get(&new_key()).await, None);
+    assert_eq!(store.looked_up.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn superseded_original_read_from_index_entry() {
+    let config = test_config();
+    let (key, superseded) = original();
+    let (_, instance_id) = key.split_once('/').unwrap();
+    // The stored document holds the edit now, and the original's own entry was saved when
+    // the edit was accepted.
+    let edit_instance = format!("uuid:{}", uuid::Uuid::new_v4());
+    collection(&config, STORED_COLLECTION)
+        .await
+        .insert_one(stored_document(&key, &edit_instance, &"ef".repeat(32), 1))
+        .await
+        .expect("inserting a stored document failed");
+    let writer = SubmissionIndex::new(Some(counting_store(&config).await), &settings(&config));
+    writer.insert(key.clone(), superseded.clone());
+    writer.flush(DEADLINE).await;
+
+    let index = SubmissionIndex::new(Some(counting_store(&config).await), &settings(&config));
+    wait_for_filter(&index).await;
+    let found = index.get(&key).await.expect("superseded original found");
+    assert_eq!(found, superseded);
+    assert_eq!(found.root_id, instance_id);
+}
+
+#[tokio::test]
+async fn stored_event_reaches_filter_and_ends_wait() {
+    let config = test_config();
+    fieldforce_kafka::admin::apply(&config.kafka, &Catalog::embedded(), true)
+        .await
+        .expect("creating the test topics failed");
+    let index = SubmissionIndex::new(Some(counting_store(&config).await), &settings(&config));
+    wait_for_filter(&index).await;
+    let stored_keys = index
+        .stored_keys()
+        .expect("an index with a store has a filter");
+    let (trigger, shutdown) = shutdown::channel();
+    let topic = config.kafka.topic(SUBMISSIONS_STORED);
+    let follower = tokio::spawn(stored_events::follow(
+        config.kafka.clone(),
+        topic.clone(),
+        stored_keys.clone(),
+        shutdown,
+    ));
+
+    // Both events go to one partition, in order, so once the second key is in the filter
+    // the first event has been read too.
+    let (own_key, own) = original();
+    let (other_key, _) = original();
+    index.insert_original(own_key.clone(), own);
+    assert!(!stored_keys.may_contain(&other_key));
+    let producer: FutureProducer = producer_config(&config.kafka)
+        .create()
+        .expect("creating a producer failed");
+    for key in [&own_key, &other_key] {
+        let (org_id, submission_id) = key.split_once('/').unwrap();
+        let event = stored_event(org_id, submission_id);
+        let payload = codec::encode(&event);
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key("one-partition")
+                    .payload(&payload),
+                DEADLINE,
+            )
+            .await
+            .expect("producing a stored-submission event failed");
+    }
+
+    poll("key of another replica in the filter", || async {
+        stored_keys.may_contain(&other_key).then_some(())
+    })
+    .await;
+    index.flush(DEADLINE).await;
+    assert_eq!(
+        index_entry_count(&config, &own_key).await,
+        0,
+        "a stored original needs no index entry"
+    );
+    trigger.trigger();
+    tokio::time::timeout(DEADLINE, follower)
+        .await
+        .expect("follower stops at shutdown")
+        .expect("follower task did not panic");
+}
+
+fn stored_event(org_id: &str, submission_id: &str) -> SubmissionStored {
+    SubmissionStored {
+        schema_version: 1,
+        org_id: org_id.to_owned(),
+        project_id: "household".to_owned(),
+        form_id: "household_survey".to_owned(),
+        submission_id: submission_id.to_owned(),
+        instance_id: Some(submission_id.to_owned()),
+        revision: 0,
+        processing_status: None,
+        quality_score: None,
+        quality_flags: Vec::new(),
+        stored_at_ms: 0,
+    }
 }

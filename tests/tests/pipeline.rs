@@ -12,10 +12,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PROJECT, Pipeline, boundaries, first_record, read, samples};
+use common::{DEV_TOKEN, PROJECT, Pipeline, boundaries, first_record, read, samples};
 use fieldforce_kafka::catalog;
 use fieldforce_kafka::client::producer_config;
 use fieldforce_kafka::dead_letter::header_str;
+use fieldforce_replay::client::GatewayClient;
 use fieldforce_replay::geofences;
 use fieldforce_schemas::headers;
 use mongodb::bson::Document;
@@ -290,5 +291,86 @@ async fn poison_record_dead_lettered_with_original_bytes() {
         Some(raw_topic.as_str())
     );
 
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stored_original_recognised_by_new_gateway() {
+    let pipeline = Pipeline::start().await;
+    let form = pipeline
+        .client
+        .register_form(PROJECT, read(&samples().join("clinic_visit.form.xml")))
+        .await;
+    assert!(form.accepted(), "{} {}", form.status, form.body);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let xml = |name: &str| read(&samples().join(name));
+    let original = pipeline
+        .client
+        .submit_openrosa(PROJECT, "enumerator-7", xml("visit-001.xml"), &[], true)
+        .await;
+    assert_eq!(original.status, 201, "{}", original.body);
+    pipeline.wait_for_documents(1).await;
+
+    // A gateway that never saw the original, and no index entry for it either, as after a
+    // crash of the gateway that accepted it: only the stored document can recognise it.
+    let database = mongodb::Client::with_uri_str(&pipeline.config.mongodb.uri)
+        .await
+        .unwrap()
+        .database(&pipeline.config.mongodb.database);
+    database
+        .collection::<Document>(&pipeline.config.gateway.index_collection)
+        .drop()
+        .await
+        .unwrap();
+    let (trigger, shutdown) = fieldforce_runtime::shutdown::channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let gateway = tokio::spawn(fieldforce_gateway::run(
+        pipeline.config.clone(),
+        listener,
+        shutdown,
+    ));
+    let client = GatewayClient::new(&format!("http://{address}"), DEV_TOKEN);
+    let post = |name: &str| client.submit_openrosa(PROJECT, "enumerator-7", xml(name), &[], true);
+
+    let resend = post("visit-002-resend.xml").await;
+    assert_eq!(resend.status, 201, "{}", resend.body);
+    assert!(resend.body.contains("already received"), "{}", resend.body);
+    let conflict = post("visit-003-conflict.xml").await;
+    assert_eq!(conflict.status, 409, "{}", conflict.body);
+    let edit = post("visit-004-edit.xml").await;
+    assert_eq!(edit.status, 201, "{}", edit.body);
+
+    let submissions = pipeline.submissions().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let stored = submissions
+            .find_one(mongodb::bson::doc! { "revision": { "$gte": 1 } })
+            .await
+            .unwrap();
+        if stored.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit accepted by the new gateway was not stored within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        submissions
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        1,
+        "the resend and the edit stay one submission"
+    );
+
+    trigger.trigger();
+    tokio::time::timeout(Duration::from_secs(60), gateway)
+        .await
+        .expect("the second gateway stops within 60 s")
+        .unwrap()
+        .unwrap();
     pipeline.stop().await;
 }

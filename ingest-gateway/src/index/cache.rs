@@ -2,6 +2,10 @@
 //! entries (the least recently used goes first) and dropped once idle for a set time. The
 //! map and the queue give their memory back when they empty, so a gateway that had a burst
 //! does not keep the burst's peak for good.
+//!
+//! An entry awaiting its stored document is the only copy of its key until the sink stores
+//! the submission. Such an entry that leaves the cache before then is kept aside for the
+//! index collection; the owner takes it with [`IndexCache::take_unsaved`].
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -20,6 +24,8 @@ struct Slot {
     /// Sequence number of the key's latest record in the queue. Records with another
     /// number are stale.
     use_number: u64,
+    /// Whether the entry waits for the sink to store its submission.
+    awaiting_store: bool,
 }
 
 /// Recently used index entries, capped at a number of entries and dropped after an idle time.
@@ -32,6 +38,8 @@ pub(super) struct IndexCache {
     next_use_number: u64,
     max_entries: usize,
     idle_limit: Duration,
+    /// Entries removed while awaiting their stored document.
+    unsaved: Vec<(String, IndexEntry)>,
 }
 
 impl IndexCache {
@@ -44,6 +52,7 @@ impl IndexCache {
             next_use_number: 0,
             max_entries,
             idle_limit,
+            unsaved: Vec::new(),
         }
     }
 
@@ -61,14 +70,22 @@ impl IndexCache {
     }
 
     /// Stores the entry of `key`, replacing an older one, and evicts the least recently used
-    /// entries past the cap.
-    pub(super) fn insert(&mut self, key: String, entry: IndexEntry, now: Instant) {
+    /// entries past the cap. `awaiting_store` marks an entry whose only other copy will be
+    /// the sink's stored document.
+    pub(super) fn insert(
+        &mut self,
+        key: String,
+        entry: IndexEntry,
+        now: Instant,
+        awaiting_store: bool,
+    ) {
         self.slots.insert(
             key.clone(),
             Slot {
                 entry,
                 last_used: now,
                 use_number: 0,
+                awaiting_store,
             },
         );
         self.record_use(key, now);
@@ -104,6 +121,34 @@ impl IndexCache {
         self.slots.len()
     }
 
+    /// Ends the wait of the entry of `key` once the sink has stored `revision` or a newer
+    /// one of its submission.
+    pub(super) fn confirm_stored(&mut self, key: &str, revision: u32) {
+        if let Some(slot) = self.slots.get_mut(key)
+            && slot.entry.revision <= revision
+        {
+            slot.awaiting_store = false;
+        }
+    }
+
+    /// Returns the entries removed while awaiting their stored document since the last call.
+    pub(super) fn take_unsaved(&mut self) -> Vec<(String, IndexEntry)> {
+        std::mem::take(&mut self.unsaved)
+    }
+
+    /// Returns those entries and every cached one still awaiting its stored document, which
+    /// no longer counts as awaiting.
+    pub(super) fn take_awaiting(&mut self) -> Vec<(String, IndexEntry)> {
+        let mut awaiting = self.take_unsaved();
+        for (key, slot) in &mut self.slots {
+            if slot.awaiting_store {
+                slot.awaiting_store = false;
+                awaiting.push((key.clone(), slot.entry.clone()));
+            }
+        }
+        awaiting
+    }
+
     /// Marks the use of a key that has a slot and queues its record.
     fn record_use(&mut self, key: String, now: Instant) {
         let use_number = self.next_use_number;
@@ -137,8 +182,13 @@ impl IndexCache {
 
     /// Removes the entry of the front record, which [`Self::front_last_used`] has checked.
     fn remove_front(&mut self) {
-        if let Some((_, key)) = self.order.pop_front() {
-            self.slots.remove(&key);
+        let Some((_, key)) = self.order.pop_front() else {
+            return;
+        };
+        if let Some(slot) = self.slots.remove(&key)
+            && slot.awaiting_store
+        {
+            self.unsaved.push((key, slot.entry));
         }
     }
 
@@ -179,10 +229,10 @@ mod tests {
     fn full_cache_evicts_least_recently_used() {
         let start = Instant::now();
         let mut cache = IndexCache::new(2, IDLE);
-        cache.insert("a".into(), entry(0), start);
-        cache.insert("b".into(), entry(0), start);
+        cache.insert("a".into(), entry(0), start, false);
+        cache.insert("b".into(), entry(0), start, false);
         assert_eq!(cache.get("a", start), Some(entry(0)));
-        cache.insert("c".into(), entry(0), start);
+        cache.insert("c".into(), entry(0), start, false);
 
         assert_eq!(cache.len(), 2);
         assert!(cache.get("b", start).is_none());
@@ -194,9 +244,9 @@ mod tests {
     fn insert_replaces_entry() {
         let start = Instant::now();
         let mut cache = IndexCache::new(2, IDLE);
-        cache.insert("a".into(), entry(0), start);
-        cache.insert("a".into(), entry(1), start);
-        cache.insert("b".into(), entry(0), start);
+        cache.insert("a".into(), entry(0), start, false);
+        cache.insert("a".into(), entry(1), start, false);
+        cache.insert("b".into(), entry(0), start, false);
 
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get("a", start), Some(entry(1)));
@@ -206,12 +256,12 @@ mod tests {
     fn idle_entries_expire() {
         let start = Instant::now();
         let mut cache = IndexCache::new(10, IDLE);
-        cache.insert("read".into(), entry(0), start);
-        cache.insert("written".into(), entry(0), start);
-        cache.insert("untouched".into(), entry(0), start);
+        cache.insert("read".into(), entry(0), start, false);
+        cache.insert("written".into(), entry(0), start, false);
+        cache.insert("untouched".into(), entry(0), start, false);
         let later = start + IDLE / 2;
         assert!(cache.get("read", later).is_some());
-        cache.insert("written".into(), entry(1), later);
+        cache.insert("written".into(), entry(1), later, false);
 
         let expired = start + IDLE;
         assert!(cache.get("untouched", expired).is_none());
@@ -226,7 +276,7 @@ mod tests {
         let start = Instant::now();
         let mut cache = IndexCache::new(10, IDLE);
         for key in ["a", "b", "c"] {
-            cache.insert(key.into(), entry(0), start);
+            cache.insert(key.into(), entry(0), start, false);
         }
 
         let expired = start + IDLE;
@@ -242,7 +292,7 @@ mod tests {
         let entries = 50_000;
         let mut cache = IndexCache::new(entries, IDLE);
         for number in 0..entries {
-            cache.insert(format!("org/uuid:{number}"), entry(0), start);
+            cache.insert(format!("org/uuid:{number}"), entry(0), start, false);
         }
         let (full_map, full_queue) = cache.capacities();
         assert!(full_map >= entries);
@@ -259,10 +309,61 @@ mod tests {
     }
 
     #[test]
+    fn awaiting_entry_kept_aside_when_removed() {
+        let start = Instant::now();
+        let mut cache = IndexCache::new(2, IDLE);
+        cache.insert("evicted".into(), entry(0), start, true);
+        cache.insert("idle".into(), entry(0), start, true);
+        cache.insert("saved".into(), entry(0), start + IDLE / 2, false);
+        assert_eq!(cache.take_unsaved(), vec![("evicted".to_owned(), entry(0))]);
+
+        assert!(cache.remove_idle(start + IDLE, usize::MAX));
+        assert_eq!(cache.take_unsaved(), vec![("idle".to_owned(), entry(0))]);
+        assert!(cache.take_unsaved().is_empty());
+    }
+
+    #[test]
+    fn confirmed_entry_not_kept_aside() {
+        let start = Instant::now();
+        let mut cache = IndexCache::new(10, IDLE);
+        cache.insert("stored".into(), entry(1), start, true);
+        cache.insert("older revision stored".into(), entry(2), start, true);
+        cache.confirm_stored("stored", 1);
+        cache.confirm_stored("older revision stored", 1);
+        cache.confirm_stored("never cached", 0);
+
+        assert!(cache.remove_idle(start + IDLE, usize::MAX));
+        assert_eq!(
+            cache.take_unsaved(),
+            vec![("older revision stored".to_owned(), entry(2))]
+        );
+    }
+
+    #[test]
+    fn take_awaiting_returns_each_entry_once() {
+        let start = Instant::now();
+        let mut cache = IndexCache::new(1, IDLE);
+        cache.insert("evicted".into(), entry(0), start, true);
+        cache.insert("cached".into(), entry(0), start, true);
+
+        let mut awaiting = cache.take_awaiting();
+        awaiting.sort_by(|left, right| left.0.cmp(&right.0));
+        assert_eq!(
+            awaiting,
+            vec![
+                ("cached".to_owned(), entry(0)),
+                ("evicted".to_owned(), entry(0)),
+            ]
+        );
+        assert!(cache.take_awaiting().is_empty());
+        assert_eq!(cache.get("cached", start), Some(entry(0)));
+    }
+
+    #[test]
     fn repeated_reads_keep_queue_bounded() {
         let start = Instant::now();
         let mut cache = IndexCache::new(10, IDLE);
-        cache.insert("a".into(), entry(0), start);
+        cache.insert("a".into(), entry(0), start, false);
         for _ in 0..100_000 {
             assert!(cache.get("a", start).is_some());
         }

@@ -77,10 +77,13 @@ pub struct GatewayConfig {
     /// Time after which an entry of the in-memory submission index that was neither read nor
     /// written leaves memory, in milliseconds. Idle entries are removed up to a quarter of
     /// this later, so memory goes back down after a burst, and a later post of the same
-    /// instance reads its entry from MongoDB again. Default 300000 (5 minutes).
+    /// instance reads its entry from MongoDB again. An original that leaves memory before the
+    /// sink has stored it is written to `index_collection` then. Default 300000 (5 minutes).
     pub index_cache_idle_ms: u64,
-    /// MongoDB collection, in the `[mongodb]` database, that keeps the submission index.
-    /// Default `submission_index`.
+    /// MongoDB collection, in the `[mongodb]` database, that keeps the submission index
+    /// entries that no stored submission holds: edits, the originals they supersede, and
+    /// originals that left memory before the sink stored them. Other originals are looked
+    /// up in the sink's `submissions` collection. Default `submission_index`.
     pub index_collection: String,
     /// How long a submission index lookup in MongoDB may take before the gateway goes on
     /// with its memory alone, in milliseconds. Default 1000.
@@ -94,8 +97,10 @@ pub struct GatewayConfig {
     /// exclusive. Default 0.01.
     pub index_filter_false_positive_rate: f64,
     /// How often the gateway reads the index entries that other replicas wrote since the
-    /// last read into its Bloom filter, in milliseconds. Until then a resend to this replica
-    /// of an instance first accepted by another one counts as new. Default 5000.
+    /// last read into its Bloom filter, in milliseconds. Originals that other replicas
+    /// accepted reach the filter from the stored-submission events instead, once the sink
+    /// has stored them. Until then a resend to this replica of an instance first accepted by
+    /// another one counts as new. Default 5000.
     pub index_refresh_ms: u64,
     /// Development token, honoured only while the gateway listens on a loopback address;
     /// it maps to organisation `dev_org_id` and all of its projects. Empty disables it.

@@ -21,7 +21,7 @@ use mongodb::{Client, Collection, IndexModel};
 use crate::document::StoredDocument;
 
 /// Name of the collection that holds one document per submission.
-pub const COLLECTION: &str = "submissions";
+pub const COLLECTION: &str = fieldforce_schemas::submission::STORED_COLLECTION;
 
 /// MongoDB's `DuplicateKey` error code.
 const DUPLICATE_KEY: i32 = 11000;

@@ -1,0 +1,185 @@
+//! Keys that other replicas accepted, learned from the sink's stored-submission events.
+//!
+//! The store keeps an original only as the sink's stored document (see the parent module), so
+//! a replica's Bloom filter holds the originals stored before its full read and the ones it
+//! accepted itself. To learn the rest, every replica reads every partition of the
+//! stored-submissions topic, outside any consumer group and without committing, and adds the
+//! keys of each event to its filter. The same events end the wait of the originals this
+//! replica accepted, which then need no entry of their own in the index collection. It starts [`START_OVERLAP`] before its own start, so
+//! that submissions stored while its full read of the store ran are not missed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fieldforce_kafka::client::reader_config;
+use fieldforce_runtime::config::KafkaConfig;
+use fieldforce_runtime::shutdown::Shutdown;
+use fieldforce_schemas::codec::decode;
+use fieldforce_schemas::webhook::SubmissionStored;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::{StoredKeys, SubmissionIndex};
+
+/// How far before its start a replica begins reading the events.
+pub const START_OVERLAP: Duration = Duration::from_secs(60);
+/// Maximum duration of a metadata or offset request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before the reader is set up again after a failure.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The reader could not be set up; it is set up again after [`RETRY_AFTER`].
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    /// The consumer could not be created or a request failed.
+    #[error("reading topic {topic} failed: {source}")]
+    Kafka {
+        /// Full topic name.
+        topic: String,
+        /// librdkafka error.
+        source: KafkaError,
+    },
+    /// The cluster lists the topic without partitions, or not at all.
+    #[error("topic {0} has no partitions")]
+    NoPartitions(String),
+    /// The blocking offset lookup panicked.
+    #[error("the offset lookup of topic {0} panicked")]
+    TaskPanicked(String),
+}
+
+/// Adds the keys of every stored-submission event on `topic` to the index's filter, until
+/// shutdown or until the index is dropped.
+pub async fn follow(kafka: KafkaConfig, topic: String, keys: StoredKeys, mut shutdown: Shutdown) {
+    loop {
+        match read_events(&kafka, &topic, &keys, &mut shutdown).await {
+            Ok(()) => return,
+            Err(error) => tracing::warn!(
+                %error,
+                retry_after_ms = RETRY_AFTER.as_millis() as u64,
+                "reading stored-submission events failed, keys stored by other replicas reach the filter only at its refresh"
+            ),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(RETRY_AFTER) => {}
+        }
+    }
+}
+
+async fn read_events(
+    kafka: &KafkaConfig,
+    topic: &str,
+    keys: &StoredKeys,
+    shutdown: &mut Shutdown,
+) -> Result<(), FollowError> {
+    let kafka_error = |source| FollowError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    };
+    let consumer: StreamConsumer = reader_config(kafka).create().map_err(kafka_error)?;
+    let consumer = Arc::new(consumer);
+
+    let start_ms = SystemTime::now()
+        .checked_sub(START_OVERLAP)
+        .and_then(|start| start.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |since_epoch| since_epoch.as_millis() as i64);
+    // Metadata and offset requests block the calling thread.
+    let assignment = {
+        let consumer = Arc::clone(&consumer);
+        let owned_topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || start_offsets(&consumer, &owned_topic, start_ms))
+            .await
+            .map_err(|_| FollowError::TaskPanicked(topic.to_owned()))??
+    };
+    consumer.assign(&assignment).map_err(kafka_error)?;
+    tracing::info!(
+        topic,
+        partitions = assignment.count(),
+        "reading stored-submission events"
+    );
+
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.wait() => return Ok(()),
+            message = consumer.recv() => message,
+        };
+        // librdkafka reports broker trouble here and keeps fetching on its own.
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::debug!(topic, %error, "stored-submission event read failed");
+                continue;
+            }
+        };
+        let Some(payload) = message.payload() else {
+            continue;
+        };
+        let event = match decode::<SubmissionStored>(payload) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(
+                    topic,
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    %error,
+                    "undecodable stored-submission event skipped"
+                );
+                continue;
+            }
+        };
+        if !add_event_keys(keys, &event) {
+            return Ok(());
+        }
+    }
+}
+
+/// Returns the offset of every partition's first record at or after `start_ms`, or its end
+/// when it has none.
+fn start_offsets(
+    consumer: &StreamConsumer,
+    topic: &str,
+    start_ms: i64,
+) -> Result<TopicPartitionList, FollowError> {
+    let kafka_error = |source| FollowError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    };
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(kafka_error)?;
+    let mut by_time = TopicPartitionList::new();
+    for partition in metadata
+        .topics()
+        .iter()
+        .filter(|found| found.name() == topic)
+        .flat_map(|found| found.partitions())
+    {
+        by_time
+            .add_partition_offset(topic, partition.id(), Offset::Offset(start_ms))
+            .map_err(kafka_error)?;
+    }
+    if by_time.count() == 0 {
+        return Err(FollowError::NoPartitions(topic.to_owned()));
+    }
+    consumer
+        .offsets_for_times(by_time, REQUEST_TIMEOUT)
+        .map_err(kafka_error)
+}
+
+/// Adds the keys under which a gateway looks the stored submission up: the submission's own
+/// id and, for an edit, its instanceID. Returns false once the index is gone.
+fn add_event_keys(keys: &StoredKeys, event: &SubmissionStored) -> bool {
+    if !keys.add_stored(
+        &SubmissionIndex::key(&event.org_id, &event.submission_id),
+        event.revision,
+    ) {
+        return false;
+    }
+    match &event.instance_id {
+        Some(instance_id) if *instance_id != event.submission_id => {
+            keys.add(&SubmissionIndex::key(&event.org_id, instance_id))
+        }
+        _ => true,
+    }
+}
