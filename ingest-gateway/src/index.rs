@@ -383,19 +383,34 @@ fn entry_to_document(
 }
 
 fn entry_from_document(key: &str, document: &Document) -> Result<IndexEntry, IndexStoreError> {
-    let invalid = |reason: String| IndexStoreError::Invalid {
-        key: key.to_owned(),
-        reason,
-    };
+    entry_from_fields(key, document, "sha256", "root_id")
+}
+
+/// Builds the entry of a key from the sink's stored document of that submission.
+fn entry_from_stored(key: &str, document: &Document) -> Result<IndexEntry, IndexStoreError> {
+    entry_from_fields(key, document, "content_sha256", "submission_id")
+}
+
+/// Builds an entry from a document whose content hash and root submission id are in the
+/// named fields, and whose revision and attachments are in `revision` and `attachments`.
+fn entry_from_fields(
+    key: &str,
+    document: &Document,
+    hash_field: &str,
+    root_field: &str,
+) -> Result<IndexEntry, IndexStoreError> {
     let text = |field: &str| {
         document
             .get_str(field)
             .map(str::to_owned)
-            .map_err(|error| invalid(format!("{field}: {error}")))
+            .map_err(|error| IndexStoreError::Invalid {
+                key: key.to_owned(),
+                reason: format!("{field}: {error}"),
+            })
     };
     Ok(IndexEntry {
-        content_sha256: text("sha256")?,
-        root_id: text("root_id")?,
+        content_sha256: text(hash_field)?,
+        root_id: text(root_field)?,
         revision: revision_of(key, document)?,
         attachments: attachments_of(key, document)?,
     })
@@ -440,26 +455,6 @@ fn holds_own_instance(document: &Document) -> bool {
         (Err(_), _) => true,
         (Ok(_), Err(_)) => false,
     }
-}
-
-/// Builds the entry of a key from the sink's stored document of that submission.
-fn entry_from_stored(key: &str, document: &Document) -> Result<IndexEntry, IndexStoreError> {
-    let invalid = |reason: String| IndexStoreError::Invalid {
-        key: key.to_owned(),
-        reason,
-    };
-    let text = |field: &str| {
-        document
-            .get_str(field)
-            .map(str::to_owned)
-            .map_err(|error| invalid(format!("{field}: {error}")))
-    };
-    Ok(IndexEntry {
-        content_sha256: text("content_sha256")?,
-        root_id: text("submission_id")?,
-        revision: revision_of(key, document)?,
-        attachments: attachments_of(key, document)?,
-    })
 }
 
 /// Logs a repeated warning at most once per interval, with the count of those left out.
@@ -1130,6 +1125,35 @@ mod tests {
         assert_eq!(
             entry_from_document("org/uuid:1", &document).unwrap(),
             original
+        );
+    }
+
+    #[test]
+    fn stored_document_read_as_entry() {
+        let document = doc! {
+            "_id": "org/uuid:1",
+            "submission_id": "uuid:1",
+            "instance_id": "uuid:1",
+            "content_sha256": "ab",
+            "revision": 2_i32,
+            "attachments": [],
+        };
+        assert!(holds_own_instance(&document));
+        let read = entry_from_stored("org/uuid:1", &document).unwrap();
+        assert_eq!(read.content_sha256, "ab");
+        assert_eq!(read.root_id, "uuid:1");
+        assert_eq!(read.revision, 2);
+        assert!(read.attachments.is_empty());
+    }
+
+    #[test]
+    fn stored_edit_not_own_instance() {
+        let edited = doc! { "submission_id": "uuid:1", "instance_id": "uuid:1b" };
+        assert!(!holds_own_instance(&edited));
+        let partner = doc! { "submission_id": "partner-7" };
+        assert!(
+            holds_own_instance(&partner),
+            "a submission without an instanceID is its own"
         );
     }
 }
