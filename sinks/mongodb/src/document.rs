@@ -15,6 +15,8 @@ pub struct StoredDocument {
     pub id: String,
     /// Revision: 0 for an original, higher for each edit.
     pub revision: u32,
+    /// Hex SHA-256 of the submission's content, as the gateway computed it.
+    pub content_sha256: String,
     /// The encoded document.
     pub raw: RawDocumentBuf,
 }
@@ -88,6 +90,7 @@ pub fn to_document(
     Ok(StoredDocument {
         id,
         revision: processed.submission.revision,
+        content_sha256: processed.submission.content_sha256.clone(),
         raw,
     })
 }

@@ -10,6 +10,9 @@ pub const REASON_INVALID_DOCUMENT: &str = "invalid_document";
 pub const REASON_DOCUMENT_TOO_LARGE: &str = "document_too_large";
 /// Dead-letter reason: the store rejected the document for its content.
 pub const REASON_REJECTED_BY_STORE: &str = "rejected_by_store";
+/// Dead-letter reason: the store, or an earlier record of the same batch, has another
+/// version of the same submission revision, with different content.
+pub const REASON_CONFLICTING_REVISION: &str = "conflicting_revision";
 
 /// A failure that stops the sink: its settings are unusable or a local resource is missing.
 /// Restarting with the same configuration fails the same way, so an operator must act.

@@ -51,7 +51,10 @@ use tracing::Span;
 
 use crate::consumer::{SinkContext, commit_async, complete};
 use crate::document::{StoredDocument, to_document};
-use crate::error::{REASON_INVALID_DOCUMENT, REASON_REJECTED_BY_STORE, REASON_UNDECODABLE};
+use crate::error::{
+    REASON_CONFLICTING_REVISION, REASON_INVALID_DOCUMENT, REASON_REJECTED_BY_STORE,
+    REASON_UNDECODABLE,
+};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::store::{COLLECTION, DocumentOutcome, Store, StoreError};
 
@@ -412,7 +415,7 @@ impl SinkLoop {
         let stored_at_ms = now_ms();
         let mut durable = Vec::with_capacity(batch.entries.len());
         let mut stored = Vec::with_capacity(batch.entries.len());
-        for (entry, outcome) in batch.entries.iter().zip(&outcomes) {
+        for (index, (entry, outcome)) in batch.entries.iter().zip(&outcomes).enumerate() {
             match outcome {
                 DocumentOutcome::Written => {
                     self.metrics.documents_written.inc();
@@ -432,6 +435,20 @@ impl SinkLoop {
                 DocumentOutcome::Superseded => {
                     self.metrics.documents_already_stored.inc();
                     entry.span.record("fieldforce.outcome", "superseded");
+                }
+                DocumentOutcome::Conflicting { kept_sha256 } => {
+                    let document = &batch.documents[index];
+                    let detail = format!(
+                        "submission {} revision {} is stored with content sha256 {kept_sha256}, this record has {}",
+                        document.id, document.revision, document.content_sha256
+                    );
+                    if !self
+                        .dead_letter(&entry.message, REASON_CONFLICTING_REVISION, detail)
+                        .await
+                    {
+                        continue;
+                    }
+                    entry.span.record("fieldforce.outcome", "dead_lettered");
                 }
                 DocumentOutcome::Rejected { code, message } => {
                     let detail = format!("store error {code}: {message}");

@@ -5,13 +5,16 @@
 //! holds a lower revision (`replace_one({_id, revision: {$lt: new}}, upsert)`), so a late
 //! replay of an older version never overwrites a newer one; a duplicate-key error there means
 //! an equal or newer revision is already stored. Every outcome is therefore safe to repeat,
-//! which is what lets the sink retry a whole batch after any transient failure.
+//! which is what lets the sink retry a whole batch after any transient failure. A duplicate
+//! whose stored document has the same revision with another content hash is not a repeat.
+//! It is a conflicting version, so the sink dead-letters it and the first version stays.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bson::{DateTime, Document, RawDocumentBuf, doc};
+use bson::{DateTime, Document, RawBsonRef, RawDocumentBuf, doc};
 use fieldforce_runtime::config::{MongoConfig, SinkConfig};
+use futures::StreamExt;
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::options::{
     Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, WriteConcern,
@@ -25,6 +28,8 @@ pub const COLLECTION: &str = fieldforce_schemas::submission::STORED_COLLECTION;
 
 /// MongoDB's `DuplicateKey` error code.
 const DUPLICATE_KEY: i32 = 11000;
+/// Reads of stored documents in flight at once while a batch's duplicates are checked.
+const CONFLICT_READS: usize = 8;
 
 /// Server error codes that reject a document for its content, so writing it again fails the
 /// same way: BadValue, TypeMismatch, DollarPrefixedFieldName, DocumentValidationFailure,
@@ -40,6 +45,12 @@ pub enum DocumentOutcome {
     AlreadyStored,
     /// A newer revision of the same submission in the same batch was written instead.
     Superseded,
+    /// The store, or an earlier record of the same batch, has this revision with other
+    /// content. It goes to the dead-letter topic, and the stored version stays.
+    Conflicting {
+        /// Content hash of the version that stays.
+        kept_sha256: String,
+    },
     /// The store rejected the document for its content; it goes to the dead-letter topic.
     Rejected {
         /// Server error code.
@@ -115,11 +126,22 @@ impl Store {
 
         // Only the newest revision of each submission is written; the older ones in the same
         // batch are superseded by it. Writing them one after another would race on the upsert.
+        // Of two records of the same revision the first is kept, as the store keeps the first
+        // one written.
         let mut newest: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
         for (index, document) in batch.iter().enumerate() {
             let slot = newest.entry(document.id.as_str()).or_insert(index);
-            if document.revision >= batch[*slot].revision {
+            if document.revision > batch[*slot].revision {
                 *slot = index;
+            }
+        }
+        for (index, document) in batch.iter().enumerate() {
+            let kept = &batch[newest[document.id.as_str()]];
+            if kept.revision == document.revision && kept.content_sha256 != document.content_sha256
+            {
+                outcomes[index] = DocumentOutcome::Conflicting {
+                    kept_sha256: kept.content_sha256.clone(),
+                };
             }
         }
         let mut originals: Vec<usize> = Vec::with_capacity(newest.len());
@@ -138,7 +160,62 @@ impl Store {
         self.insert_originals(batch, &originals, &mut outcomes)
             .await?;
         self.replace_edits(batch, &edits, &mut outcomes).await?;
+        self.find_conflicts(batch, &mut outcomes).await?;
         Ok(outcomes)
+    }
+
+    /// Turns each `AlreadyStored` outcome whose stored document has the same revision with
+    /// other content into `Conflicting`. Such a record was acknowledged to its client, after a
+    /// gateway lost its memory of the first version, so it must not vanish unseen. A stored
+    /// document of another revision, or none (a duplicate on another unique index), leaves
+    /// the outcome as it is.
+    async fn find_conflicts(
+        &self,
+        batch: &[StoredDocument],
+        outcomes: &mut [DocumentOutcome],
+    ) -> Result<(), StoreError> {
+        let duplicates: Vec<usize> = (0..batch.len())
+            .filter(|&index| outcomes[index] == DocumentOutcome::AlreadyStored)
+            .collect();
+        let reads: Vec<_> = duplicates
+            .iter()
+            .map(|&index| {
+                let collection = self.collection.clone();
+                let id = batch[index].id.clone();
+                async move {
+                    collection
+                        .find_one(doc! { "_id": id })
+                        .projection(doc! { "revision": 1, "content_sha256": 1 })
+                        .await
+                }
+            })
+            .collect();
+        let stored: Vec<_> = futures::stream::iter(reads)
+            .buffered(CONFLICT_READS)
+            .collect()
+            .await;
+
+        for (&index, found) in duplicates.iter().zip(stored) {
+            let Some(found) = found.map_err(StoreError::Unavailable)? else {
+                continue;
+            };
+            let document = &batch[index];
+            let revision = match found.get("revision") {
+                Ok(Some(RawBsonRef::Int64(revision))) => revision,
+                Ok(Some(RawBsonRef::Int32(revision))) => i64::from(revision),
+                _ => continue,
+            };
+            let Ok(Some(RawBsonRef::String(stored_sha256))) = found.get("content_sha256") else {
+                continue;
+            };
+            if revision == i64::from(document.revision) && stored_sha256 != document.content_sha256
+            {
+                outcomes[index] = DocumentOutcome::Conflicting {
+                    kept_sha256: stored_sha256.to_owned(),
+                };
+            }
+        }
+        Ok(())
     }
 
     async fn insert_originals(

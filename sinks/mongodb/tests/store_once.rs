@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bson::doc;
 use common::*;
-use fieldforce_kafka::catalog::{SUBMISSIONS_DEADLETTER, SUBMISSIONS_STORED};
+use fieldforce_kafka::catalog::SUBMISSIONS_STORED;
 use fieldforce_kafka::client::base_config;
 use fieldforce_kafka::dead_letter::header_str;
 use fieldforce_schemas::codec::decode;
@@ -224,14 +224,7 @@ async fn dead_letters_too_large_document_and_stores_batch_mates() {
             .is_none()
     );
 
-    let consumer: StreamConsumer = base_config(&config.kafka)
-        .set("group.id", "dead-letter-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&config.kafka.topic(SUBMISSIONS_DEADLETTER)])
-        .expect("subscribe");
+    let consumer = dead_letter_reader(&config);
     let mut reasons = std::collections::BTreeMap::new();
     while reasons.len() < 2 {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
@@ -256,5 +249,94 @@ async fn dead_letters_too_large_document_and_stores_batch_mates() {
     }
     assert_eq!(reasons["too-large"].as_deref(), Some("document_too_large"));
     assert_eq!(reasons["garbage"].as_deref(), Some("undecodable"));
+    drop_database(&config).await;
+}
+
+#[tokio::test]
+async fn dead_letters_conflicting_revision() {
+    let mut config = test_config();
+    config.sink.batch_linger_ms = 1_000;
+    create_topics(&config).await;
+
+    // The same revision of a submission with other content: after a gateway crash, a client's
+    // resend with changed answers can be acknowledged as new.
+    let conflicting = |id: &str| {
+        let mut changed = submission(id, 0);
+        changed.submission.content_sha256 = "ff".repeat(32);
+        changed
+            .submission
+            .fields
+            .insert("question_00".into(), serde_json::json!("changed answer"));
+        changed
+    };
+    produce(&config, &[submission("across-batches", 0)]).await;
+    let (trigger, shutdown) = fieldforce_runtime::shutdown::channel();
+    let sink = tokio::spawn(fieldforce_sink_mongodb::run(config.clone(), shutdown));
+    let first_stored = wait_until(Duration::from_secs(60), || async {
+        committed_and_end(&config).0 == 1
+    })
+    .await;
+    assert!(first_stored, "offsets {:?}", committed_and_end(&config));
+
+    produce(
+        &config,
+        &[
+            conflicting("across-batches"),
+            submission("across-batches", 0),
+            submission("in-one-batch", 0),
+            conflicting("in-one-batch"),
+        ],
+    )
+    .await;
+    let caught_up = wait_until(Duration::from_secs(60), || async {
+        committed_and_end(&config).0 == 5
+    })
+    .await;
+    trigger.trigger();
+    sink.await.expect("sink task").expect("sink run");
+    assert!(caught_up, "offsets {:?}", committed_and_end(&config));
+
+    let collection = collection(&config).await;
+    assert_eq!(count(&collection).await, 2);
+    for id in ["across-batches", "in-one-batch"] {
+        let stored = collection
+            .find_one(doc! {"submission_id": id})
+            .await
+            .expect("find")
+            .expect("document stored");
+        assert_eq!(
+            stored
+                .get_document("fields")
+                .expect("fields")
+                .get_str("question_00")
+                .expect("answer"),
+            format!("answer 0 of {id}"),
+            "{id}: the first version stays"
+        );
+    }
+
+    let consumer = dead_letter_reader(&config);
+    let mut dead_lettered = std::collections::BTreeMap::new();
+    while dead_lettered.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("dead-letters arrive")
+            .expect("message");
+        let headers = message.headers().expect("headers");
+        let key = String::from_utf8(message.key().expect("key").to_vec()).expect("utf-8 key");
+        assert_eq!(
+            header_str(headers, headers::DEAD_LETTER_REASON),
+            Some("conflicting_revision"),
+            "{key}"
+        );
+        assert_eq!(
+            message.payload().map(<[u8]>::to_vec),
+            Some(fieldforce_schemas::codec::encode(&conflicting(&key))),
+            "{key}: original bytes kept"
+        );
+        dead_lettered.insert(key, ());
+    }
+    assert!(dead_lettered.contains_key("across-batches"));
+    assert!(dead_lettered.contains_key("in-one-batch"));
     drop_database(&config).await;
 }

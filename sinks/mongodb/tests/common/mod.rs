@@ -9,14 +9,14 @@
 use std::time::Duration;
 
 use bson::{Document, doc};
-use fieldforce_kafka::catalog::{Catalog, SUBMISSIONS_PROCESSED};
+use fieldforce_kafka::catalog::{Catalog, SUBMISSIONS_DEADLETTER, SUBMISSIONS_PROCESSED};
 use fieldforce_kafka::client::{base_config, producer_config};
 use fieldforce_runtime::config::Config;
 use fieldforce_schemas::codec::encode;
 use fieldforce_schemas::submission::{
     ProcessedSubmission, ProcessingStatus, Quality, RawSubmission, SubmissionSource,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
@@ -197,4 +197,17 @@ pub async fn drop_database(config: &Config) {
         .await
         .expect("mongodb client");
     let _ = client.database(&config.mongodb.database).drop().await;
+}
+
+/// Returns a consumer of the dead-letter topic from its first record.
+pub fn dead_letter_reader(config: &Config) -> StreamConsumer {
+    let consumer: StreamConsumer = base_config(&config.kafka)
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&config.kafka.topic(SUBMISSIONS_DEADLETTER)])
+        .expect("subscribe");
+    consumer
 }
