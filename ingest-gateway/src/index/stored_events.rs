@@ -28,6 +28,11 @@ pub const START_OVERLAP: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before the reader is set up again after a failure.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Bytes a fetch waits for before the broker answers: a few hundred events, since an event
+/// is about 300 bytes of JSON before compression.
+const FETCH_MIN_BYTES: usize = 64 * 1024;
+/// Longest time the broker holds a fetch that has fewer than [`FETCH_MIN_BYTES`].
+const FETCH_WAIT_MAX: Duration = Duration::from_millis(500);
 
 /// The reader could not be set up; it is set up again after [`RETRY_AFTER`].
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +82,14 @@ async fn read_events(
         topic: topic.to_owned(),
         source,
     };
-    let consumer: StreamConsumer = reader_config(kafka).create().map_err(kafka_error)?;
+    let mut client_config = reader_config(kafka);
+    // A filter update or an ended wait may come half a second late, so the broker is asked
+    // for fewer, larger fetches than librdkafka's default of answering as soon as one
+    // record is there, which at thousands of events a second costs the broker CPU.
+    client_config
+        .set("fetch.min.bytes", FETCH_MIN_BYTES.to_string())
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX.as_millis().to_string());
+    let consumer: StreamConsumer = client_config.create().map_err(kafka_error)?;
     let consumer = Arc::new(consumer);
 
     let start_ms = SystemTime::now()
