@@ -1,15 +1,16 @@
 //! Keys that other replicas accepted, learned from the sink's stored-submission events.
 //!
-//! The store keeps an original only as the sink's stored document (see the parent module), so
-//! a replica's Bloom filter holds the originals stored before its full read and the ones it
-//! accepted itself. To learn the rest, every replica reads every partition of the
-//! stored-submissions topic, outside any consumer group and without committing, and adds the
-//! keys of each event to its filter. The same events end the wait of the originals this
-//! replica accepted, which then need no entry of their own in the index collection. It starts [`START_OVERLAP`] before its own start, so
-//! that submissions stored while its full read of the store ran are not missed.
+//! The store keeps most originals in the sink's stored documents alone (see the parent
+//! module), so a replica's Bloom filter contains the originals stored before its full read
+//! and the ones it accepted itself. To learn the rest, every replica reads every partition of
+//! the stored-submissions topic, outside any consumer group and without committing, and adds
+//! the keys of each event to its filter. The same events end the wait of the originals this
+//! replica accepted, which then need no entry of their own in the index collection. It
+//! starts [`START_OVERLAP`] before its own start, so that submissions stored while its full
+//! read of the store ran are not missed.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fieldforce_kafka::client::reader_config;
 use fieldforce_runtime::config::KafkaConfig;
@@ -28,10 +29,15 @@ pub const START_OVERLAP: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before the reader is set up again after a failure.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
-/// Bytes a fetch waits for before the broker answers: a few hundred events, since an event
+/// Time after the start during which failures are retried after [`STARTUP_RETRY_AFTER`]
+/// and logged at debug level.
+const STARTUP_GRACE: Duration = Duration::from_secs(10);
+/// Pause before a retry during [`STARTUP_GRACE`].
+const STARTUP_RETRY_AFTER: Duration = Duration::from_millis(200);
+/// Bytes a fetch waits for before the broker replies: a few hundred events, since an event
 /// is about 300 bytes of JSON before compression.
 const FETCH_MIN_BYTES: usize = 64 * 1024;
-/// Longest time the broker holds a fetch that has fewer than [`FETCH_MIN_BYTES`].
+/// Maximum time the broker keeps a fetch with less than [`FETCH_MIN_BYTES`] waiting.
 const FETCH_WAIT_MAX: Duration = Duration::from_millis(500);
 
 /// The reader could not be set up; it is set up again after [`RETRY_AFTER`].
@@ -56,18 +62,28 @@ enum FollowError {
 /// Adds the keys of every stored-submission event on `topic` to the index's filter, until
 /// shutdown or until the index is dropped.
 pub async fn follow(kafka: KafkaConfig, topic: String, keys: StoredKeys, mut shutdown: Shutdown) {
+    let started = Instant::now();
     loop {
-        match read_events(&kafka, &topic, &keys, &mut shutdown).await {
+        let error = match read_events(&kafka, &topic, &keys, &mut shutdown).await {
             Ok(()) => return,
-            Err(error) => tracing::warn!(
+            Err(error) => error,
+        };
+        // Offset requests on a topic created moments ago fail with `NotLeaderForPartition`
+        // until its leaders are elected, so early failures are retried soon and quietly.
+        let retry_after = if started.elapsed() < STARTUP_GRACE {
+            tracing::debug!(topic, %error, "stored-submission events not readable yet, retrying");
+            STARTUP_RETRY_AFTER
+        } else {
+            tracing::warn!(
                 %error,
                 retry_after_ms = RETRY_AFTER.as_millis() as u64,
                 "reading stored-submission events failed, keys stored by other replicas reach the filter only at its refresh"
-            ),
-        }
+            );
+            RETRY_AFTER
+        };
         tokio::select! {
             _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(RETRY_AFTER) => {}
+            _ = tokio::time::sleep(retry_after) => {}
         }
     }
 }
@@ -83,9 +99,9 @@ async fn read_events(
         source,
     };
     let mut client_config = reader_config(kafka);
-    // A filter update or an ended wait may come half a second late, so the broker is asked
-    // for fewer, larger fetches than librdkafka's default of answering as soon as one
-    // record is there, which at thousands of events a second costs the broker CPU.
+    // librdkafka's default has the broker reply as soon as one record is there, which at
+    // thousands of events a second costs it CPU. A filter update or an ended wait may come
+    // half a second late, so fewer, larger fetches are asked for.
     client_config
         .set("fetch.min.bytes", FETCH_MIN_BYTES.to_string())
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX.as_millis().to_string());
@@ -146,8 +162,8 @@ async fn read_events(
     }
 }
 
-/// Returns the offset of every partition's first record at or after `start_ms`, or its end
-/// when it has none.
+/// Returns the offset of every partition's first record at or after `start_ms`, or, when it
+/// has none, its high watermark as read before the lookup.
 fn start_offsets(
     consumer: &StreamConsumer,
     topic: &str,
@@ -160,23 +176,47 @@ fn start_offsets(
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
         .map_err(kafka_error)?;
-    let mut by_time = TopicPartitionList::new();
-    for partition in metadata
+    let partitions: Vec<i32> = metadata
         .topics()
         .iter()
         .filter(|found| found.name() == topic)
         .flat_map(|found| found.partitions())
-    {
-        by_time
-            .add_partition_offset(topic, partition.id(), Offset::Offset(start_ms))
-            .map_err(kafka_error)?;
-    }
-    if by_time.count() == 0 {
+        .map(|partition| partition.id())
+        .collect();
+    if partitions.is_empty() {
         return Err(FollowError::NoPartitions(topic.to_owned()));
     }
-    consumer
+
+    // A partition without a record since `start_ms` comes back from the time lookup as the
+    // logical end, which librdkafka resolves only at the first fetch, so the events written
+    // until then would be skipped. Its high watermark read before the lookup is a real offset
+    // that misses nothing: a later event is at or after it, and an earlier one the lookup
+    // finds.
+    let mut highs = Vec::with_capacity(partitions.len());
+    let mut by_time = TopicPartitionList::new();
+    for &partition in &partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+            .map_err(kafka_error)?;
+        highs.push((partition, high));
+        by_time
+            .add_partition_offset(topic, partition, Offset::Offset(start_ms))
+            .map_err(kafka_error)?;
+    }
+    let mut offsets = consumer
         .offsets_for_times(by_time, REQUEST_TIMEOUT)
-        .map_err(kafka_error)
+        .map_err(kafka_error)?;
+    for (partition, high) in highs {
+        let found = offsets
+            .find_partition(topic, partition)
+            .map(|element| element.offset());
+        if !matches!(found, Some(Offset::Offset(_))) {
+            offsets
+                .set_partition_offset(topic, partition, Offset::Offset(high))
+                .map_err(kafka_error)?;
+        }
+    }
+    Ok(offsets)
 }
 
 /// Adds the keys under which a gateway looks the stored submission up: the submission's own
