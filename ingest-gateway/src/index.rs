@@ -16,9 +16,9 @@
 //! The store keeps an original (an instance whose instanceID is its own submission id) in
 //! the sink's stored document: its `_id` is the same `org/instanceID` key, and it carries the
 //! content hash, the revision and the attachments. A second document per submission for the
-//! index would double the store's writes, and on the local FerretDB 1.24 over PostgreSQL
-//! those index writes raised the gateway's p99 latency at 2,000 posts/s from about 4.5 ms to
-//! about 11 ms (docs/benchmarks/gateway.md). So the index collection receives only the
+//! index would double the store's writes. On the local FerretDB 1.24 over PostgreSQL those
+//! index writes raised the gateway's p99 latency at 2,000 posts/s from about 4.5 ms to about
+//! 11 ms (docs/benchmarks/gateway.md). So the index collection receives only the
 //! entries that no stored document contains under their own key: edits (their document is
 //! filed under the original's id), the original an edit supersedes (its document then
 //! contains the edit's content), and originals that leave memory (evicted, idle, or at

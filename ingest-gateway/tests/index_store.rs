@@ -1,6 +1,7 @@
-//! The submission index against the local MongoDB-compatible store and Kafka: what its Bloom
-//! filter lets skip the store, keys written by another index on the same database, the
-//! originals it keeps in the stored documents, and the stored-submission events it reads.
+//! The submission index against the local MongoDB-compatible store and Kafka. The tests cover
+//! what its Bloom filter lets skip the store, keys written by another index on the same
+//! database, the originals it keeps in the stored documents, and the stored-submission events
+//! it reads.
 
 mod support;
 
@@ -454,7 +455,7 @@ async fn superseded_original_read_from_index_entry() {
     let config = test_config();
     let (key, superseded) = original();
     let (_, instance_id) = key.split_once('/').unwrap();
-    // The stored document holds the edit now, and the original's own entry was saved when
+    // The stored document contains the edit now, and the original's own entry was saved when
     // the edit was accepted.
     let edit_instance = format!("uuid:{}", uuid::Uuid::new_v4());
     collection(&config, STORED_COLLECTION)

@@ -10,7 +10,7 @@ pub const RAW_SUBMISSION_VERSION: u32 = 1;
 /// Version of [`ProcessedSubmission`] written by this build.
 pub const PROCESSED_SUBMISSION_VERSION: u32 = 1;
 
-/// Collection, in the configured database, that holds one document per stored submission
+/// Collection, in the configured database, that contains one document per stored submission
 /// under the `_id` `{org_id}/{submission_id}`. The sink writes it and the gateway's submission
 /// index reads it, so the name is defined here once.
 pub const STORED_COLLECTION: &str = "submissions";

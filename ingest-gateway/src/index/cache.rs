@@ -5,7 +5,7 @@
 //!
 //! An entry awaiting its stored document is the only copy of its key until the sink stores
 //! the submission. Such an entry that leaves the cache before then is kept aside for the
-//! index collection; the owner takes it with [`IndexCache::take_unsaved`].
+//! index collection, and the owner takes it with [`IndexCache::take_unsaved`].
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};

@@ -81,7 +81,7 @@ pub struct GatewayConfig {
     /// sink has stored it is written to `index_collection` then. Default 300000 (5 minutes).
     pub index_cache_idle_ms: u64,
     /// MongoDB collection, in the `[mongodb]` database, that keeps the submission index
-    /// entries that no stored submission holds: edits, the originals they supersede, and
+    /// entries that no stored submission contains: edits, the originals they supersede, and
     /// originals that left memory before the sink stored them. Other originals are looked
     /// up in the sink's `submissions` collection. Default `submission_index`.
     pub index_collection: String,
