@@ -19,10 +19,11 @@
 //! index would double the store's writes. On the local FerretDB 1.24 over PostgreSQL those
 //! index writes raised the gateway's p99 latency at 2,000 posts/s from about 4.5 ms to about
 //! 11 ms (docs/benchmarks/gateway.md). So the index collection receives only the
-//! entries that no stored document contains under their own key: edits (their document is
-//! filed under the original's id), the original an edit supersedes (its document then
-//! contains the edit's content), and originals that leave memory (evicted, idle, or at
-//! shutdown) before the stored-submission event of their revision arrived.
+//! entries that no stored document contains under their own key. Those are edits, whose
+//! document is filed under the original's id, and the original an edit supersedes, whose
+//! document then contains the edit's content. They are also originals that leave memory
+//! (evicted, idle, or at shutdown) before the stored-submission event of their revision
+//! arrives.
 //!
 //! The price is a window. Between the gateway's answer and the sink's write (the pipeline's
 //! latency, longer while the sink lags) an original is known only to the memory of the
