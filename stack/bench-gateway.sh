@@ -6,7 +6,8 @@
 # load (default 5). VmRSS is printed after each load and each idle time. That separates
 # memory that grows with the submissions seen from memory held only at full load. The
 # gateway's CPU time (user plus system) during each load is printed too. Needs the stack
-# (`make up`) and release builds of fieldforce-topics and fieldforce-replay in target/release.
+# (`make up`) and release builds of fieldforce-topics and fieldforce-replay in target/release;
+# REPLAY=path runs another build of the load tool.
 #
 # usage: stack/bench-gateway.sh BINARY TAG FORMAT RATE SEED [BATCH]
 #   TAG     names the topics (bench-TAG.), the database (bench_TAG) and the files under
@@ -18,7 +19,7 @@
 set -euo pipefail
 
 if (($# < 5)); then
-    sed -n '11,17p' "$0" >&2
+    sed -n '12,18p' "$0" >&2
     exit 2
 fi
 binary=$1 tag=$2 format=$3 rate=$4 seed=$5 batch=${6:-20}
@@ -31,6 +32,7 @@ export FIELDFORCE_GATEWAY__LISTEN_ADDR=127.0.0.1:18090
 export FIELDFORCE_GATEWAY__BLOB_DIR=$out/blobs-$tag
 export FIELDFORCE_GATEWAY_URL=http://127.0.0.1:18090 RUST_LOG=warn
 boundaries=$(stack/fetch-boundaries)
+replay=${REPLAY:-target/release/fieldforce-replay}
 
 target/release/fieldforce-topics apply >/dev/null
 "$binary" >"$out/gateway-$tag.log" 2>&1 &
@@ -43,7 +45,7 @@ done
 
 ledger=$out/ledger-$tag.jsonl
 if [[ ! -e $ledger ]]; then
-    target/release/fieldforce-replay --ledger "$ledger" load --rate 20 --duration-s 2 \
+    "$replay" --ledger "$ledger" load --rate 20 --duration-s 2 \
         --format json --bad-share 0 --geofences "$boundaries" >/dev/null
 fi
 
@@ -64,9 +66,14 @@ ticks_per_s=$(getconf CLK_TCK)
 echo "VmRSS at start $(vmrss) KiB"
 for round in $(seq "${ROUNDS:-1}"); do
     ticks_before=$(cpu_ticks)
-    target/release/fieldforce-replay --ledger "$ledger" load --rate "$rate" --duration-s 15 \
+    # The load tool exits non-zero when requests went unsent or unanswered, which is a
+    # result to print, not a reason to stop before the memory and CPU figures.
+    # The load tool shares the cores with the gateway, so its CPU time is printed too.
+    TIMEFORMAT="load tool CPU %U s user, %S s system"
+    { time "$replay" --ledger "$ledger" load --rate "$rate" --duration-s 15 \
         --format "$format" --batch-size "$batch" --bad-share 0 --no-setup \
-        --seed "$((seed + round - 1))" --geofences "$boundaries" 2>&1 | tail -4
+        --seed "$((seed + round - 1))" --geofences "$boundaries" 2>&1 |
+        grep -vE '^load: [0-9]+/[0-9]+ started' || true; } 2>&1
     echo "VmRSS after load $round $(vmrss) KiB"
     echo "gateway CPU during load $round $(awk -v t="$(($(cpu_ticks) - ticks_before))" \
         -v hz="$ticks_per_s" 'BEGIN {printf "%.2f", t / hz}') s user+sys"

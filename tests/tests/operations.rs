@@ -22,7 +22,7 @@ use fieldforce_kafka::catalog::{self, Catalog};
 use fieldforce_kafka::client::producer_config;
 use fieldforce_kafka::lag::{self, GroupLag, GroupStatus, Thresholds};
 use fieldforce_replay::client::GatewayClient;
-use fieldforce_replay::generate::{self, Generator, ProjectPlan};
+use fieldforce_replay::generate::{self, Generated, Generator, ProjectPlan};
 use fieldforce_runtime::config::Config;
 use fieldforce_runtime::shutdown::{self, ShutdownTrigger};
 use http_body_util::{BodyExt, Empty};
@@ -245,10 +245,9 @@ async fn send_submissions(client: &GatewayClient, count: usize) {
     let mut generator = Generator::new(7, vec![plan], 10, 0.0);
     let route = format!("/v1/projects/{PROJECT}/submissions/batch");
     for _ in 0..count / 20 {
-        let items: Vec<Value> = (0..20).map(|_| generator.next_for_plan(0).json).collect();
-        let body = serde_json::json!({ "submissions": items });
+        let items: Vec<Generated> = (0..20).map(|_| generator.next_for_plan(0)).collect();
         let outcome = client
-            .post_json(&route, Bytes::from(body.to_string()))
+            .post_json(&route, Bytes::from(generate::batch_json(&items)))
             .await;
         assert!(
             outcome.accepted(),

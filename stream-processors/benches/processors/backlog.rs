@@ -199,8 +199,9 @@ impl World {
         if matches!(generated.kind, Kind::Malformed | Kind::MissingInstanceId) {
             return None;
         }
-        let xml = generated.xml.as_bytes();
-        let parsed = parse_instance(xml, Config::default().gateway.max_xml_depth).ok()?;
+        let xml = generated.xml();
+        let parsed =
+            parse_instance(xml.as_bytes(), Config::default().gateway.max_xml_depth).ok()?;
         Some(RawSubmission {
             schema_version: RAW_SUBMISSION_VERSION,
             submission_id: parsed.instance_id.clone(),

@@ -2,9 +2,12 @@
 //! on many devices, with GPS inside and outside the project's geofence, and a share of bad
 //! records of the kinds real clients send.
 
-use chrono::{Duration, Utc};
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::Serialize;
 
 /// Form id of the generated survey.
 pub const FORM_ID: &str = "household_survey";
@@ -92,7 +95,8 @@ pub enum Kind {
     NullIsland,
 }
 
-/// One generated submission.
+/// One generated submission. Its XML and JSON bodies are written on demand, so that a load
+/// of one format spends nothing on the other.
 #[derive(Debug, Clone)]
 pub struct Generated {
     /// Index of the project plan it goes to.
@@ -101,12 +105,128 @@ pub struct Generated {
     pub user: String,
     /// Its instanceID (also present when the XML omits it, for bookkeeping).
     pub instance_id: String,
-    /// The instance XML.
-    pub xml: String,
-    /// The Kobo/Ona JSON shape of the same answers.
-    pub json: serde_json::Value,
     /// Kind of record.
     pub kind: Kind,
+    answers: Answers,
+}
+
+/// The answers drawn for one submission.
+#[derive(Debug, Clone)]
+struct Answers {
+    enumerator: usize,
+    device: String,
+    start: String,
+    end: String,
+    hh_size: String,
+    water_source: &'static str,
+    location: String,
+    member_ages: Vec<u32>,
+}
+
+/// The Kobo/Ona JSON shape of a submission, written without building a `serde_json::Value`.
+#[derive(Serialize)]
+struct KoboSubmission<'a> {
+    id: &'static str,
+    submission: KoboAnswers<'a>,
+}
+
+#[derive(Serialize)]
+struct KoboAnswers<'a> {
+    start: &'a str,
+    end: &'a str,
+    deviceid: &'a str,
+    consent: &'static str,
+    hh_size: &'a str,
+    water_source: &'static str,
+    head_name: String,
+    location: &'a str,
+    meta: KoboMeta<'a>,
+}
+
+#[derive(Serialize)]
+struct KoboMeta<'a> {
+    #[serde(rename = "instanceID", skip_serializing_if = "Option::is_none")]
+    instance_id: Option<&'a str>,
+}
+
+impl Generated {
+    /// Returns the instance XML, as ODK Collect would send it.
+    pub fn xml(&self) -> String {
+        let answers = &self.answers;
+        let mut members = String::new();
+        for (index, age) in answers.member_ages.iter().enumerate() {
+            let _ = write!(
+                members,
+                "<member><member_name>Member {index}</member_name><member_age>{age}</member_age></member>"
+            );
+        }
+        let meta = if self.kind == Kind::MissingInstanceId {
+            "<meta/>".to_owned()
+        } else {
+            format!("<meta><instanceID>{}</instanceID></meta>", self.instance_id)
+        };
+        let mut xml = format!(
+            "<?xml version='1.0' ?><data id=\"{FORM_ID}\" version=\"{FORM_VERSION}\">\
+             <start>{}</start><end>{}</end><deviceid>{}</deviceid>\
+             <consent>yes</consent><hh_size>{}</hh_size><water_source>{}</water_source>\
+             <head_name>Head {}</head_name><location>{}</location>{members}{meta}</data>",
+            answers.start,
+            answers.end,
+            answers.device,
+            answers.hh_size,
+            answers.water_source,
+            answers.enumerator,
+            answers.location,
+        );
+        if self.kind == Kind::Malformed {
+            xml.truncate(xml.len() / 2);
+        }
+        xml
+    }
+
+    /// Appends the Kobo/Ona JSON shape of the same answers to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let answers = &self.answers;
+        let submission = KoboSubmission {
+            id: FORM_ID,
+            submission: KoboAnswers {
+                start: &answers.start,
+                end: &answers.end,
+                deviceid: &answers.device,
+                consent: "yes",
+                hh_size: &answers.hh_size,
+                water_source: answers.water_source,
+                head_name: format!("Head {}", answers.enumerator),
+                location: &answers.location,
+                meta: KoboMeta {
+                    instance_id: (self.kind != Kind::MissingInstanceId)
+                        .then_some(self.instance_id.as_str()),
+                },
+            },
+        };
+        serde_json::to_writer(out, &submission).expect("writing JSON to memory cannot fail");
+    }
+
+    /// Returns the Kobo/Ona JSON shape of the same answers.
+    pub fn json(&self) -> serde_json::Value {
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        serde_json::from_slice(&out).expect("the generated JSON reads back")
+    }
+}
+
+/// Writes `{"submissions": [...]}` of the given submissions, the body of a JSON batch.
+pub fn batch_json(submissions: &[Generated]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(submissions.len() * 512 + 32);
+    out.extend_from_slice(b"{\"submissions\":[");
+    for (index, submission) in submissions.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        submission.write_json(&mut out);
+    }
+    out.extend_from_slice(b"]}");
+    out
 }
 
 /// Deterministic generator of submissions for a set of projects.
@@ -142,10 +262,11 @@ impl Generator {
     /// Generates the next submission for the given project plan, as the items of one batch
     /// must be: a batch goes to one project.
     pub fn next_for_plan(&mut self, plan_index: usize) -> Generated {
-        let plan = self.plans[plan_index].clone();
+        let plan = &self.plans[plan_index];
         let enumerator = self.rng.random_range(0..self.enumerators_per_project);
         let user = format!("{}-enumerator-{enumerator}", plan.project_id);
         let device = format!("collect:{}-{enumerator}", plan.project_id);
+        let (inside, outside) = (plan.inside, plan.outside);
         let instance_id = format!(
             "uuid:{}",
             uuid::Builder::from_random_bytes(self.rng.random()).into_uuid()
@@ -172,8 +293,8 @@ impl Generator {
         let start = end - Duration::minutes(minutes);
         let [lon, lat] = match kind {
             Kind::NullIsland => [0.0, 0.0],
-            _ if self.rng.random_bool(0.15) => plan.outside,
-            _ => plan.inside,
+            _ if self.rng.random_bool(0.15) => outside,
+            _ => inside,
         };
         let accuracy = if self.rng.random_bool(0.1) {
             120.0
@@ -186,51 +307,38 @@ impl Generator {
             self.rng.random_range(1..12).to_string()
         };
         let sources = ["piped", "well", "river", "other"];
-        let water = sources[self.rng.random_range(0..sources.len())];
+        let water_source = sources[self.rng.random_range(0..sources.len())];
         let members = self.rng.random_range(1..4);
-        let member_xml: String = (0..members)
-            .map(|index| format!("<member><member_name>Member {index}</member_name><member_age>{}</member_age></member>", self.rng.random_range(1..90)))
-            .collect();
-        let location = format!("{lat:.6} {lon:.6} 1200.0 {accuracy:.1}");
-        let meta = if kind == Kind::MissingInstanceId {
-            "<meta/>".to_owned()
-        } else {
-            format!("<meta><instanceID>{instance_id}</instanceID></meta>")
-        };
-        let mut xml = format!(
-            "<?xml version='1.0' ?><data id=\"{FORM_ID}\" version=\"{FORM_VERSION}\">\
-             <start>{}</start><end>{}</end><deviceid>{device}</deviceid>\
-             <consent>yes</consent><hh_size>{hh_size}</hh_size><water_source>{water}</water_source>\
-             <head_name>Head {enumerator}</head_name><location>{location}</location>{member_xml}{meta}</data>",
-            start.format("%Y-%m-%dT%H:%M:%S%.3f+00:00"),
-            end.format("%Y-%m-%dT%H:%M:%S%.3f+00:00"),
-        );
-        if kind == Kind::Malformed {
-            xml.truncate(xml.len() / 2);
-        }
-        let json = serde_json::json!({
-            "id": FORM_ID,
-            "submission": {
-                "start": start.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string(),
-                "end": end.format("%Y-%m-%dT%H:%M:%S%.3f+00:00").to_string(),
-                "deviceid": device,
-                "consent": "yes",
-                "hh_size": hh_size,
-                "water_source": water,
-                "head_name": format!("Head {enumerator}"),
-                "location": location,
-                "meta": if kind == Kind::MissingInstanceId { serde_json::json!({}) } else { serde_json::json!({ "instanceID": instance_id }) },
-            }
-        });
+        let member_ages = (0..members).map(|_| self.rng.random_range(1..90)).collect();
         Generated {
             plan: plan_index,
             user,
             instance_id,
-            xml,
-            json,
             kind,
+            answers: Answers {
+                enumerator,
+                device,
+                start: timestamp(start),
+                end: timestamp(end),
+                hh_size,
+                water_source,
+                location: format!("{lat:.6} {lon:.6} 1200.0 {accuracy:.1}"),
+                member_ages,
+            },
         }
     }
+}
+
+/// Formats a time as ODK Collect does, with milliseconds and a `+00:00` offset.
+fn timestamp(time: DateTime<Utc>) -> String {
+    // The RFC 3339 writer is several times cheaper than a strftime pattern, which a load of
+    // tens of thousands of submissions a second notices.
+    let mut text = time.to_rfc3339_opts(SecondsFormat::Millis, true);
+    if text.ends_with('Z') {
+        text.pop();
+        text.push_str("+00:00");
+    }
+    text
 }
 
 #[cfg(test)]
@@ -268,6 +376,29 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(generator.next_for_plan(1).plan, 1);
         }
+    }
+
+    #[test]
+    fn bodies_carry_the_same_answers() {
+        let mut generator = Generator::new(3, plans(), 3, 0.0);
+        let submission = generator.next_submission();
+        let json = submission.json();
+        assert_eq!(json["id"], FORM_ID);
+        assert_eq!(
+            json["submission"]["meta"]["instanceID"],
+            submission.instance_id.as_str()
+        );
+        let start = json["submission"]["start"].as_str().unwrap();
+        assert_eq!(start.len(), 29, "{start}");
+        assert!(start.ends_with("+00:00"), "{start}");
+        let xml = submission.xml();
+        assert!(xml.contains(&format!("<start>{start}</start>")), "{xml}");
+        assert!(xml.contains(&submission.instance_id));
+
+        let batch: serde_json::Value =
+            serde_json::from_slice(&batch_json(&[submission.clone(), submission])).unwrap();
+        assert_eq!(batch["submissions"].as_array().unwrap().len(), 2);
+        assert_eq!(batch["submissions"][1], json);
     }
 
     #[test]

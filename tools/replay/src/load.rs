@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
+use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::client::{GatewayClient, Outcome};
@@ -154,11 +155,12 @@ pub async fn run(
         }
     }
     while tasks.join_next().await.is_some() {}
+    // Taken before the ledger is written, which is not the gateway's time.
+    let elapsed = started.elapsed().as_secs_f64();
 
     let accepted = std::mem::take(&mut *accepted.lock().expect("ledger lock"));
     ledger::append(ledger_path, &accepted)?;
     let mut tally = std::mem::take(&mut *tally.lock().expect("tally lock"));
-    let elapsed = started.elapsed().as_secs_f64();
     tally.print("load");
     let kinds: Vec<String> = generated
         .iter()
@@ -188,28 +190,19 @@ async fn send(
     match format {
         Format::Openrosa | Format::Mix => {
             client
-                .submit_openrosa(
-                    project,
-                    &first.user,
-                    Bytes::from(first.xml.clone()),
-                    &[],
-                    false,
-                )
+                .submit_openrosa(project, &first.user, Bytes::from(first.xml()), &[], false)
                 .await
         }
         Format::Json => {
             let route = format!("/v1/projects/{project}/submissions");
-            client
-                .post_json(&route, Bytes::from(first.json.to_string()))
-                .await
+            let mut body = Vec::with_capacity(512);
+            first.write_json(&mut body);
+            client.post_json(&route, Bytes::from(body)).await
         }
         Format::Batch => {
             let route = format!("/v1/projects/{project}/submissions/batch");
-            let items: Vec<&serde_json::Value> = submissions.iter().map(|s| &s.json).collect();
-            let body = serde_json::json!({ "submissions": items });
-            client
-                .post_json(&route, Bytes::from(body.to_string()))
-                .await
+            let body = generate::batch_json(submissions);
+            client.post_json(&route, Bytes::from(body)).await
         }
     }
 }
@@ -229,25 +222,27 @@ fn accepted_ids(format: Format, submissions: &[Generated], outcome: &Outcome) ->
         return submissions.iter().take(1).map(entry).collect();
     }
     // A batch response has one result per item; an item counts as accepted on a 2xx status.
-    let results = serde_json::from_str::<serde_json::Value>(&outcome.body)
-        .ok()
-        .and_then(|body| {
-            body.get("results")
-                .and_then(|results| results.as_array().cloned())
-        })
+    let results = serde_json::from_str::<BatchAnswer>(&outcome.body)
+        .map(|answer| answer.results)
         .unwrap_or_default();
     submissions
         .iter()
         .zip(results)
-        .filter(|(_, result)| {
-            let status = result
-                .get("status_code")
-                .and_then(|status| status.as_u64())
-                .unwrap_or(0);
-            (200..300).contains(&status)
-        })
+        .filter(|(_, result)| (200..300).contains(&result.status_code))
         .map(|(submission, _)| entry(submission))
         .collect()
+}
+
+/// The part of a batch answer the ledger needs.
+#[derive(Deserialize)]
+struct BatchAnswer {
+    results: Vec<ItemResult>,
+}
+
+#[derive(Deserialize)]
+struct ItemResult {
+    #[serde(default)]
+    status_code: u16,
 }
 
 /// Plans `projects` projects per organisation, each assigned one of `fences` in turn, with its

@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fieldforce_replay::{client, encode, find, load, replay, summary};
 
+/// mimalloc rather than glibc malloc, because the load generator shares the cores with the
+/// gateway it measures: under glibc malloc, allocation took about 45% of its CPU time in a
+/// batch load (docs/benchmarks/gateway.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Replay real submissions through the FieldForce gateway, load it, and summarise the result.
 #[derive(Parser)]
 #[command(version)]
