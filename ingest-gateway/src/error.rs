@@ -83,6 +83,11 @@ pub enum GatewayError {
     /// The webhook subscriptions could not be read from Kafka (503).
     #[error("the server could not read the webhook subscriptions right now: try again later")]
     SubscriptionsUnavailable(#[from] CompactedReadError),
+    /// The submission requests in flight hold the gateway's whole body budget (503).
+    #[error(
+        "the server is busy receiving other submissions, nothing was saved: send it again in a moment"
+    )]
+    Busy,
     /// An attachment could not be written (503).
     #[error(
         "the server could not store an attachment right now, nothing was saved: send it again later"
@@ -115,6 +120,7 @@ impl GatewayError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_)
+            | Self::Busy
             | Self::BlobWrite(_)
             | Self::SubscriptionsUnavailable(_)
             | Self::StatsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -147,6 +153,7 @@ impl GatewayError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unavailable(_) => "kafka_unavailable",
+            Self::Busy => "gateway_busy",
             Self::BlobWrite(_) => "blob_store_unavailable",
             Self::StatsUnavailable(_) => "store_unavailable",
         }

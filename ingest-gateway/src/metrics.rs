@@ -7,6 +7,7 @@ use http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -54,6 +55,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Label of the in-flight body gauge: the budget (`document`, `multipart`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Body kind.
+    pub kind: &'static str,
+}
+
 /// Every gateway metric.
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +70,7 @@ pub struct Metrics {
     accepted: Family<SourceLabels, Counter>,
     rejections: Family<ReasonLabels, Counter>,
     produce_latency: Histogram,
+    in_flight_body_bytes: Family<KindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -107,6 +116,12 @@ impl Metrics {
             "Time from producing a record to its delivery report",
             produce_latency.clone(),
         );
+        let in_flight_body_bytes = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "fieldforce_gateway_in_flight_body_bytes",
+            "Body bytes that submission requests hold against gateway.max_in_flight_document_bytes and gateway.max_in_flight_multipart_bytes, by budget",
+            in_flight_body_bytes.clone(),
+        );
         Self {
             registry,
             requests,
@@ -114,6 +129,7 @@ impl Metrics {
             accepted,
             rejections,
             produce_latency,
+            in_flight_body_bytes,
         }
     }
 
@@ -158,6 +174,14 @@ impl Metrics {
     /// Records the time a record took to be acknowledged.
     pub fn produce_latency(&self, elapsed: Duration) {
         self.produce_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Returns the gauge of body bytes that submission requests hold against the budget
+    /// `kind` (`document` or `multipart`), for that budget to keep current.
+    pub fn in_flight_body_bytes(&self, kind: &'static str) -> Gauge {
+        self.in_flight_body_bytes
+            .get_or_create(&KindLabels { kind })
+            .clone()
     }
 
     /// Renders the text exposition format.

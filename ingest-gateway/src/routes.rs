@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, Span};
 
+use crate::admission::{Admission, BodyKind};
 use crate::auth::{Authenticator, Principal};
 use crate::blob::ReceivedFile;
 use crate::error::GatewayError;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub config: GatewayConfig,
     /// Token table.
     pub auth: Authenticator,
+    /// The budgets of body bytes that submission requests hold at once.
+    pub admission: Admission,
     /// The submission path.
     pub intake: Intake,
     /// The shared producer, also used for forms and settings.
@@ -154,17 +157,20 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => {
             state.metrics.rejected(error.reason());
-            if error.is_retryable() {
+            // A busy gateway answers many such requests a second and counts them in its
+            // rejection metric, so a log line each would only add to the load.
+            if matches!(error, GatewayError::Busy) {
+                tracing::debug!(endpoint, "request rejected while busy, Retry-After sent");
+            } else if error.is_retryable() {
                 tracing::warn!(%error, endpoint, "request failed, client told to retry");
             } else {
                 tracing::debug!(%error, endpoint, "request rejected");
             }
-            response::error(
-                protocol,
-                &error,
-                state.config.max_body_bytes,
-                state.config.retry_after_s,
-            )
+            let retry_after_s = match error {
+                GatewayError::Busy => state.config.busy_retry_after_s,
+                _ => state.config.retry_after_s,
+            };
+            response::error(protocol, &error, state.config.max_body_bytes, retry_after_s)
         }
     };
     let status = response.status().as_u16();
@@ -214,14 +220,31 @@ async fn dispatch(
         }
         (Route::OpenRosa { project, token }, Method::POST) => {
             let (principal, project) = authorize(state, &request, project, token)?;
+            let kind = if content_type(&request).starts_with("multipart/") {
+                BodyKind::Multipart
+            } else {
+                BodyKind::Document
+            };
+            let _admitted = state
+                .admission
+                .admit(declared_length(&request), kind)
+                .await?;
             openrosa_submission(state, principal, project, request).await
         }
         (Route::JsonSubmission(project), Method::POST) => {
             let principal = authenticate(state, &request, None)?;
+            let _admitted = state
+                .admission
+                .admit(declared_length(&request), BodyKind::Document)
+                .await?;
             json_submission(state, principal, project, request).await
         }
         (Route::JsonBatch(project), Method::POST) => {
             let principal = authenticate(state, &request, None)?;
+            let _admitted = state
+                .admission
+                .admit(declared_length(&request), BodyKind::Document)
+                .await?;
             json_batch(state, principal, project, request).await
         }
         (Route::Forms(project), Method::POST) => {
@@ -308,17 +331,22 @@ fn authorize(
     Ok((principal, project))
 }
 
+/// Returns the body length the request declares in `Content-Length`, if any.
+fn declared_length(request: &Request<Incoming>) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+}
+
 /// Reads the whole body, up to the configured cap.
 async fn read_body(
     state: &AppState,
     request: Request<Incoming>,
     cap: u64,
 ) -> Result<Bytes, GatewayError> {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
+    let declared = declared_length(&request);
     let too_large = || {
         if cap == state.config.max_body_bytes {
             GatewayError::BodyTooLarge(cap)

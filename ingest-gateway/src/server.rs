@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::blob::{self, BlobConfigError};
 use crate::index::{IndexSettings, IndexStore, MongoIndexStore, SubmissionIndex, stored_events};
@@ -79,6 +80,11 @@ pub async fn run(
     let state = Arc::new(AppState {
         config: gateway.clone(),
         auth: Authenticator::new(gateway, address.ip().is_loopback()),
+        admission: Admission::new(
+            gateway,
+            metrics.in_flight_body_bytes("document"),
+            metrics.in_flight_body_bytes("multipart"),
+        ),
         intake: Intake {
             producer: producer.clone(),
             index,

@@ -470,3 +470,122 @@ async fn client_retry_succeeds_once_broker_is_back() {
     gateway.stop().await;
     forwarder.abort();
 }
+
+/// Reads the document budget's `fieldforce_gateway_in_flight_body_bytes` gauge.
+async fn in_flight_document_bytes(gateway: &Gateway) -> u64 {
+    let metrics = gateway.send("GET", "/metrics", &[], "").await.body;
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(r#"fieldforce_gateway_in_flight_body_bytes{kind="document"} "#)
+        })
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn busy_gateway_answers_503_and_keeps_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut config = test_config();
+    config.gateway.max_in_flight_document_bytes = 2_000;
+    config.gateway.admission_wait_ms = 200;
+    config.gateway.busy_retry_after_s = 3;
+    let gateway = Gateway::start(config).await;
+
+    // A slow client: its request head arrives, its body only later, and it takes the whole
+    // document budget meanwhile.
+    let held_id = new_id();
+    let mut held_body = json!({"id": held_id, "form_id": "f", "fields": {"q": "1"}}).to_string();
+    held_body.push_str(&" ".repeat(2_000 - held_body.len()));
+    let mut slow = tokio::net::TcpStream::connect(gateway.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/submissions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {DEV_TOKEN}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        held_body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&held_body.as_bytes()[..100]).await.unwrap();
+    let admitted_by = Instant::now() + Duration::from_secs(10);
+    while in_flight_document_bytes(&gateway).await != 2_000 {
+        assert!(
+            Instant::now() < admitted_by,
+            "the slow request was never admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let busy_id = new_id();
+    let busy_submission = json!({"id": busy_id, "form_id": "f", "fields": {"q": "2"}});
+    let busy = gateway
+        .post_json("/v1/submissions", DEV_TOKEN, &busy_submission)
+        .await;
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    assert_eq!(busy.headers["retry-after"], "3");
+    let error: serde_json::Value = serde_json::from_str(&busy.body).unwrap();
+    assert_eq!(error["error"]["code"], "gateway_busy");
+    assert!(busy.body.contains("nothing was saved"), "{}", busy.body);
+
+    let bare_instance = new_id();
+    let bare_xml = fixture("household_survey.xml", &bare_instance, "");
+    let bare_headers = [
+        ("content-type", "text/xml".to_owned()),
+        ("authorization", support::basic("enumerator", DEV_TOKEN)),
+    ];
+    let bare = gateway
+        .send("POST", "/submission", &bare_headers, bare_xml.clone())
+        .await;
+    assert_eq!(bare.status, 503, "{}", bare.body);
+    assert!(bare.body.contains("<OpenRosaResponse"), "{}", bare.body);
+    assert!(bare.body.contains("busy"), "{}", bare.body);
+
+    // Multipart posts have a budget of their own.
+    let multipart_instance = new_id();
+    let multipart_xml = fixture("household_survey.xml", &multipart_instance, "");
+    let multipart = gateway
+        .post_openrosa("/submission", Some(DEV_TOKEN), &multipart_xml, &[])
+        .await;
+    assert_eq!(multipart.status, 201, "{}", multipart.body);
+
+    // The slow client finishes and is accepted; its share goes back to the budget.
+    slow.write_all(&held_body.as_bytes()[100..]).await.unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(in_flight_document_bytes(&gateway).await, 0);
+
+    // Nothing of the rejected posts was kept: their retries are new submissions.
+    let retried = gateway
+        .post_json("/v1/submissions", DEV_TOKEN, &busy_submission)
+        .await;
+    assert_eq!(retried.status, 201, "{}", retried.body);
+    assert!(!retried.body.contains("already"), "{}", retried.body);
+    let bare = gateway
+        .send("POST", "/submission", &bare_headers, bare_xml)
+        .await;
+    assert_eq!(bare.status, 201, "{}", bare.body);
+
+    let records = read_records(&gateway.config, &gateway.topic(SUBMISSIONS_RAW), 4, QUIET).await;
+    let mut keys: Vec<String> = records.iter().map(|record| record.key.clone()).collect();
+    keys.sort_unstable();
+    let mut expected = vec![
+        held_id,
+        busy_id,
+        format!("uuid:{bare_instance}"),
+        format!("uuid:{multipart_instance}"),
+    ];
+    expected.sort_unstable();
+    assert_eq!(
+        keys, expected,
+        "one record per submission, none for the rejected posts"
+    );
+
+    let metrics = gateway.send("GET", "/metrics", &[], "").await.body;
+    assert!(
+        metrics.contains(r#"fieldforce_gateway_rejections_total{reason="gateway_busy"} 2"#),
+        "{metrics}"
+    );
+    gateway.stop().await;
+}

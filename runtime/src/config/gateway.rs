@@ -34,6 +34,25 @@ pub struct GatewayConfig {
     /// Seconds a client is told to wait in `Retry-After` when a submission could not be made
     /// durable. Default 30.
     pub retry_after_s: u64,
+    /// Bytes of JSON and bare XML submission bodies that requests may keep in memory at
+    /// once, from reading the body to the response. Such a body is parsed whole into a tree
+    /// many times its size. A request takes its declared `Content-Length` (a chunked one
+    /// counts as `max_body_bytes`) before its body is read. One that finds too little left
+    /// waits up to `admission_wait_ms` and then gets 503. This bounds the gateway's memory
+    /// under a load it cannot keep up with. At most 4294967295. Default 1048576 (1 MiB, about
+    /// 70 JSON batches of 20).
+    pub max_in_flight_document_bytes: u64,
+    /// Bytes of multipart submission bodies (OpenRosa posts, attachments included) that
+    /// requests may keep in memory at once, taken and waited for as
+    /// `max_in_flight_document_bytes`. Attachments stay in memory at about their own size
+    /// until the response. At most 4294967295. Default 67108864 (64 MiB).
+    pub max_in_flight_multipart_bytes: u64,
+    /// How long a submission request waits for its share of `max_in_flight_document_bytes`
+    /// or `max_in_flight_multipart_bytes` before it gets 503, in milliseconds. Default 250.
+    pub admission_wait_ms: u64,
+    /// `Retry-After` value, in seconds, sent when the gateway is busy with other requests
+    /// (`max_in_flight_document_bytes` or `max_in_flight_multipart_bytes` taken). Default 5.
+    pub busy_retry_after_s: u64,
     /// How long shutdown waits for in-flight requests before it closes them, in
     /// milliseconds. Default 20000.
     pub shutdown_timeout_ms: u64,
@@ -196,6 +215,10 @@ impl Default for GatewayConfig {
             producer_linger_ms: 1,
             producer_queue_max_messages: 100_000,
             retry_after_s: 30,
+            max_in_flight_document_bytes: 1024 * 1024,
+            max_in_flight_multipart_bytes: 64 * 1024 * 1024,
+            admission_wait_ms: 250,
+            busy_retry_after_s: 5,
             shutdown_timeout_ms: 20_000,
             blob_dir: "data/blobs".to_owned(),
             blob_url: String::new(),
@@ -233,6 +256,14 @@ impl GatewayConfig {
             ("max_document_bytes", self.max_document_bytes),
             ("max_xml_depth", self.max_xml_depth as u64),
             ("max_batch_items", self.max_batch_items as u64),
+            (
+                "max_in_flight_document_bytes",
+                self.max_in_flight_document_bytes,
+            ),
+            (
+                "max_in_flight_multipart_bytes",
+                self.max_in_flight_multipart_bytes,
+            ),
             ("delivery_timeout_ms", self.delivery_timeout_ms),
             (
                 "producer_queue_max_messages",
@@ -255,6 +286,23 @@ impl GatewayConfig {
                 "gateway.max_document_bytes ({}) must not exceed gateway.max_body_bytes ({})",
                 self.max_document_bytes, self.max_body_bytes
             ));
+        }
+        for (key, value) in [
+            (
+                "max_in_flight_document_bytes",
+                self.max_in_flight_document_bytes,
+            ),
+            (
+                "max_in_flight_multipart_bytes",
+                self.max_in_flight_multipart_bytes,
+            ),
+        ] {
+            if value > u64::from(u32::MAX) {
+                problems.push(format!(
+                    "gateway.{key} ({value}) must not exceed {}",
+                    u32::MAX
+                ));
+            }
         }
         if self.blob_dir.trim().is_empty() {
             problems.push("gateway.blob_dir is empty: set a folder for attachments".into());
