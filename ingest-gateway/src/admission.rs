@@ -3,7 +3,7 @@
 //! Every submission request keeps its body, the parsed document, the encoded record and the
 //! producer's copy of it in memory until the delivery report arrives. Under a load the
 //! gateway cannot keep up with, those requests pile up, and without a cap its memory grows
-//! with them: 4,096 JSON batches of 20 in flight took the gateway past 540 MiB
+//! with them: 4,096 JSON batches of 20 in flight took the gateway past 500 MiB
 //! (docs/benchmarks/gateway.md). So a request takes its declared body length from a budget
 //! before a byte of its body is read, and gives it back when its response is built. A request
 //! that cannot get its share within `gateway.admission_wait_ms` is answered 503 with

@@ -39,8 +39,8 @@ pub struct GatewayConfig {
     /// many times its size. A request takes its declared `Content-Length` (a chunked one
     /// counts as `max_body_bytes`) before its body is read. One that finds too little left
     /// waits up to `admission_wait_ms` and then gets 503. This bounds the gateway's memory
-    /// under a load it cannot keep up with. At most 4294967295. Default 1048576 (1 MiB, about
-    /// 70 JSON batches of 20).
+    /// under a load it cannot keep up with. At most 4294967295. Default 2097152 (2 MiB, about
+    /// 140 JSON batches of 20).
     pub max_in_flight_document_bytes: u64,
     /// Bytes of multipart submission bodies (OpenRosa posts, attachments included) that
     /// requests may keep in memory at once, taken and waited for as
@@ -215,7 +215,7 @@ impl Default for GatewayConfig {
             producer_linger_ms: 1,
             producer_queue_max_messages: 100_000,
             retry_after_s: 30,
-            max_in_flight_document_bytes: 1024 * 1024,
+            max_in_flight_document_bytes: 2 * 1024 * 1024,
             max_in_flight_multipart_bytes: 64 * 1024 * 1024,
             admission_wait_ms: 250,
             busy_retry_after_s: 5,
