@@ -18,8 +18,9 @@
 //! JSON batches photos.
 //!
 //! A body without a declared length (chunked) counts as `gateway.max_body_bytes`, the most it
-//! may turn out to be. A share larger than the whole budget takes the whole budget, so that
-//! request runs alone rather than never.
+//! may turn out to be. A declared length over that cap takes nothing, since the request is
+//! answered 413 without reading its body. A share larger than the whole budget takes the
+//! whole budget, so that request runs alone rather than never.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,9 +103,12 @@ impl Admission {
             BodyKind::Document => &self.document,
             BodyKind::Multipart => &self.multipart,
         };
-        let body_bytes = declared_bytes
-            .unwrap_or(self.undeclared_bytes)
-            .min(self.undeclared_bytes);
+        let body_bytes = match declared_bytes {
+            // Such a body gets 413 before a byte of it is read, whatever the load.
+            Some(bytes) if bytes > self.undeclared_bytes => 0,
+            Some(bytes) => bytes,
+            None => self.undeclared_bytes,
+        };
         let wanted = u32::try_from(body_bytes)
             .unwrap_or(u32::MAX)
             .min(budget.limit_bytes);
@@ -186,6 +190,20 @@ mod tests {
             admission.admit(Some(500), BodyKind::Document).await,
             Err(GatewayError::Busy)
         ));
+    }
+
+    #[tokio::test]
+    async fn declared_length_over_the_cap_takes_nothing() {
+        let admission = admission(500, 600);
+        let _held = admission
+            .admit(Some(600), BodyKind::Document)
+            .await
+            .expect("takes the whole budget");
+        admission
+            .admit(Some(601), BodyKind::Document)
+            .await
+            .expect("left to be answered 413");
+        assert_eq!(admission.document.in_flight.get(), 500);
     }
 
     #[tokio::test]
