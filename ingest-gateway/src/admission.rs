@@ -6,7 +6,7 @@
 //! with them: 4,096 JSON batches of 20 in flight took the gateway past 500 MiB
 //! (docs/benchmarks/gateway.md). So a request takes its declared body length from a budget
 //! before a byte of its body is read, and gives it back when its response is built. A request
-//! that cannot get its share within `gateway.admission_wait_ms` is answered 503 with
+//! that cannot get its share within `gateway.admission_wait_ms` gets 503 with
 //! `Retry-After`, and nothing of it is kept. Its body was never read, so waiting costs little
 //! more than the connection.
 //!
@@ -109,19 +109,19 @@ impl Admission {
             Some(bytes) => bytes,
             None => self.undeclared_bytes,
         };
-        let wanted = u32::try_from(body_bytes)
+        let requested_bytes = u32::try_from(body_bytes)
             .unwrap_or(u32::MAX)
             .min(budget.limit_bytes);
-        let acquire = budget.permits.clone().acquire_many_owned(wanted);
+        let acquire = budget.permits.clone().acquire_many_owned(requested_bytes);
         let permit = match tokio::time::timeout(self.wait, acquire).await {
             Ok(Ok(permit)) => permit,
             // The semaphore is never closed, so only the wait can end without a permit.
             Ok(Err(_)) | Err(_) => return Err(GatewayError::Busy),
         };
-        budget.in_flight.inc_by(i64::from(wanted));
+        budget.in_flight.inc_by(i64::from(requested_bytes));
         Ok(Admitted {
             _permit: permit,
-            bytes: wanted,
+            bytes: requested_bytes,
             in_flight: budget.in_flight.clone(),
         })
     }
@@ -195,14 +195,14 @@ mod tests {
     #[tokio::test]
     async fn declared_length_over_the_cap_takes_nothing() {
         let admission = admission(500, 600);
-        let _held = admission
+        let _full_budget = admission
             .admit(Some(600), BodyKind::Document)
             .await
             .expect("takes the whole budget");
         admission
             .admit(Some(601), BodyKind::Document)
             .await
-            .expect("left to be answered 413");
+            .expect("admitted at once, to get its 413");
         assert_eq!(admission.document.in_flight.get(), 500);
     }
 

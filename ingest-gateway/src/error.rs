@@ -83,7 +83,7 @@ pub enum GatewayError {
     /// The webhook subscriptions could not be read from Kafka (503).
     #[error("the server could not read the webhook subscriptions right now: try again later")]
     SubscriptionsUnavailable(#[from] CompactedReadError),
-    /// The submission requests in flight hold the gateway's whole body budget (503).
+    /// The submission requests in flight have taken the whole body budget (503).
     #[error(
         "the server is busy receiving other submissions, nothing was saved: send it again in a moment"
     )]

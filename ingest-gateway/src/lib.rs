@@ -5,7 +5,7 @@
 //! - [`server`]: [`run`] serves HTTP on a listener until shutdown, then drains and flushes.
 //! - [`routes`]: routing and the endpoint handlers; [`response`] builds OpenRosa and JSON
 //!   answers; [`auth`] maps tokens to an organisation and its projects; [`admission`]
-//!   holds submission requests to a budget of body bytes in flight.
+//!   limits submission requests to a budget of body bytes in flight.
 //! - [`xml`]: the hardened XML reader (no DOCTYPE, no entity expansion, depth cap) under
 //!   [`instance`] (OpenRosa submissions and encrypted manifests) and [`xform`] (form
 //!   definitions); [`json_submission`] reads the JSON shapes.

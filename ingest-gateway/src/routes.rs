@@ -157,7 +157,7 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => {
             state.metrics.rejected(error.reason());
-            // A busy gateway answers many such requests a second and counts them in its
+            // A busy gateway rejects many such requests a second and counts them in its
             // rejection metric, so a log line each would only add to the load.
             if matches!(error, GatewayError::Busy) {
                 tracing::debug!(endpoint, "request rejected while busy, Retry-After sent");

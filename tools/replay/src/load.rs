@@ -233,7 +233,7 @@ fn accepted_ids(format: Format, submissions: &[Generated], outcome: &Outcome) ->
         .collect()
 }
 
-/// The part of a batch answer the ledger needs.
+/// The part of a batch response that the ledger needs.
 #[derive(Deserialize)]
 struct BatchAnswer {
     results: Vec<ItemResult>,
