@@ -18,8 +18,8 @@
 //! JSON batches photos.
 //!
 //! A body without a declared length (chunked) counts as `gateway.max_body_bytes`, the most it
-//! may turn out to be. A declared length over that cap takes nothing, since the request is
-//! answered 413 without reading its body. A share larger than the whole budget takes the
+//! may turn out to be. A declared length over that cap takes nothing, since the request gets
+//! 413 without a byte of its body being read. A share larger than the whole budget takes the
 //! whole budget, so that request runs alone rather than never.
 
 use std::sync::Arc;
